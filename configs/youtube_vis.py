@@ -1,0 +1,46 @@
+"""YouTube-VIS 2019 (spec §2.7, §5.1, seed Sec. II).
+
+Variants: official (the official 160k schedule), tiny.
+"""
+
+from stemseg_jax import config as base
+
+
+def get_config(arg=None):
+    variants = base.parse_variants(arg, ("official", "tiny"))
+    c = base.base_config()
+    c.name = "youtube_vis"
+    m = c.model
+    m.embedding_mode = "xyff"
+    m.free_dim_stds = (0.3, 0.3)
+    m.seediness_head = "embedding"
+    m.use_semseg_head = True
+    m.num_classes = 41  # background + 40 categories
+    m.semseg_channels = (256, 256, 256, 256)
+
+    d = c.data
+    d.num_frames = 8
+    d.min_dim, d.max_dim = 640, 1196
+    d.frame_gap = 8
+    d.datasets = dict(
+        coco=base.dataset("coco", "$COCO_DIR", "train2017", 0.30, category_map="coco_to_ytvis"),
+        pascal_voc=base.dataset("pascal_voc", "$PASCAL_VOC_DIR", "train", 0.10, category_map="voc_to_ytvis"),
+        youtube_vis=base.dataset("ytvis", "$YOUTUBE_VIS_DIR", "train", 0.60),
+    )
+    d.val_dataset = base.dataset("ytvis", "$YOUTUBE_VIS_DIR", "valid")
+
+    t = c.train  # seed: 150k iterations, decay from 60k to 1e-5
+    t.num_steps, t.decay_start = 150_000, 60_000
+    t.learning_rate, t.final_learning_rate = 1e-3, 1e-5
+    if "official" in variants:  # youtube_vis.yaml: 160k, decay from 60k over 100k steps by 0.01
+        t.num_steps = 160_000
+
+    i = c.inference
+    i.benchmark = "ytvis"
+    i.frame_overlap = 4
+    i.max_tracks = 10
+    i.resize_embeddings = True
+    if "tiny" in variants:
+        c = base.make_tiny(c)
+        c.model.semseg_channels = (32, 32, 32, 32)
+    return c

@@ -1,0 +1,167 @@
+"""The configuration schema shared by every config file in ``configs/``.
+
+A config is an ``ml_collections.ConfigDict``. ``base_config()`` holds every field with the
+official ``defaults.yaml`` value (spec references in comments); the dataset configs override what
+their recipes change, and ``make_tiny`` shrinks a config for tests and the demo.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+# Embedding mixing functions (seed Table I, spec §3.2): name -> (coordinate channels, free dims).
+# Channel order is coordinates first (t, y, x) then free dims.
+EMBEDDING_MODES = {
+    "xy": (("y", "x"), 0),
+    "xyt": (("t", "y", "x"), 0),
+    "xyf": (("y", "x"), 1),
+    "xytf": (("t", "y", "x"), 1),
+    "xyff": (("y", "x"), 2),
+    "xytff": (("t", "y", "x"), 2),
+    "xyfff": (("y", "x"), 3),
+}
+
+
+def embedding_dims(mode: str) -> tuple[int, int, int]:
+    """Returns ``(E, V, n_free)``: embedding dims, learned bandwidth dims, fixed free dims."""
+    if mode not in EMBEDDING_MODES:
+        raise ValueError(f"unknown embedding mode {mode!r}; expected one of {sorted(EMBEDDING_MODES)}")
+    coords, n_free = EMBEDDING_MODES[mode]
+    return len(coords) + n_free, len(coords), n_free
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.name = "stemseg"
+    c.seed = 42
+    c.mode = "train"  # overridden by --mode
+
+    # ---------------------------------------------------------------- model (spec §1-3)
+    m = c.model = ml_collections.ConfigDict()
+    m.backbone_depth = 101  # 50 or 101
+    m.backbone_width = 64  # bottleneck width of stage 1; 64 for the real ResNet
+    m.fpn_channels = 256
+    m.freeze_at = 2  # stem and stage 1 frozen (FREEZE_AT_STAGE = 2)
+    m.freeze_backbone = False  # davis stage 2: whole backbone + FPN frozen
+    m.embedding_mode = "xyt"
+    m.free_dim_stds = ()  # one std per free dim; fixed bandwidth 1 / std**2
+    m.time_scale = 1.0  # the official buffer's value (TIME_SCALE: 0.1 is never read, spec §3.1)
+    m.seediness_head = "embedding"  # "embedding" (conv on the embedding decoder) or "separate"
+    m.embedding_channels = (256, 256, 128, 128)  # INTER_CHANNELS per decoder
+    m.seediness_channels = (256, 256, 128, 128)
+    m.semseg_channels = (256, 256, 128, 128)
+    m.use_semseg_head = True
+    m.num_classes = 3  # including background (class 0)
+    m.foreground_channel = True
+    m.gn_groups = 32
+    # "shifted2d" computes each 3x3x3 conv as three time-shifted 2D convs (faster on XLA:CPU).
+    m.conv3d_impl = "shifted2d"
+    m.dtype = "float32"  # activation dtype: float32 or bfloat16
+    m.remat = False  # rematerialise decoder blocks in the backward pass
+
+    # ---------------------------------------------------------------- losses (spec §4)
+    lo = c.loss = ml_collections.ConfigDict()
+    lo.weight = 1.0
+    lo.w_lovasz = 1.0
+    lo.w_smoothness = 10.0
+    lo.w_seediness = 1.0
+    lo.w_semseg = 1.0
+    lo.w_foreground = 1.0
+    # QUIRK (spec §4.4): the official semantic CE ignores the ignore mask. False honours it.
+    lo.semseg_ce_ignore_quirk = False
+
+    # ---------------------------------------------------------------- data (spec §5, §7)
+    d = c.data = ml_collections.ConfigDict()
+    d.num_frames = 8
+    d.min_dim = 800
+    d.max_dim = 1333
+    d.max_instances = 16  # padded instance slots per clip
+    d.root = ""  # dataset base directory (see README)
+    # name -> dict(format=..., path=..., weight=..., ...). Filled by the dataset configs.
+    d.datasets = ml_collections.ConfigDict()
+    d.val_dataset = ml_collections.ConfigDict()
+    d.frame_gap = 8
+    d.augmentation = "seed"  # "seed" (supplementary) or "official" (spec §5.5)
+    d.video_flip = True  # seed: clip-level horizontal flip for real videos; official: False
+    d.instance_duplication = True
+    d.subsample = "random"  # "random" or "first" (official QUIRK, spec §5.2)
+    d.num_workers = 2
+    d.prefetch = 2
+    d.class_agnostic = False
+
+    # ---------------------------------------------------------------- training (seed Sec. II)
+    t = c.train = ml_collections.ConfigDict()
+    t.batch_size = 2
+    t.num_steps = 100_000
+    t.learning_rate = 1e-3
+    t.final_learning_rate = 1e-5
+    t.decay_start = 40_000
+    t.schedule = "exponential"  # "exponential" or "constant"
+    t.momentum = 0.9
+    t.nesterov = True
+    t.weight_decay = 1e-4
+    t.checkpoint_every = 10_000
+    t.keep_checkpoints = 3
+    t.log_every = 20
+    t.image_summary_every = 1000
+    t.init_checkpoint = ""  # orbax checkpoint (second stages, converted backbones)
+    t.init_backbone_only = False
+    t.distributed = False  # call jax.distributed.initialize() (multi-host)
+
+    # ---------------------------------------------------------------- inference (spec §6)
+    i = c.inference = ml_collections.ConfigDict()
+    i.frame_overlap = 4
+    i.min_seediness_prob = 0.8
+    i.primary_prob_threshold = 0.5
+    i.secondary_prob_threshold = 0.3
+    i.max_instances_per_clip = 20
+    i.seediness_fg_threshold = 0.25  # fg mask without a semseg head (DAVIS)
+    # QUIRKs (spec §6.4): the official clusterer uses exp(-0.5*sqrt(d2)) and the farthest cluster.
+    i.distance = "squared"  # "squared" (training's definition) or "sqrt" (official)
+    i.secondary_assignment = "nearest"  # "nearest" or "farthest" (official)
+    i.resize_embeddings = False
+    i.min_dim = 0  # 0: same as data.min_dim
+    i.max_dim = 0
+    i.max_tracks = 1000
+    i.benchmark = "kitti_mots"
+    i.kitti_postprocess = True
+    i.input = ""  # --mode infer: a video file or frame folder
+    i.checkpoint = ""  # defaults to the newest checkpoint in --workdir
+    return c
+
+
+def make_tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Shrinks a config so one forward + backward runs in seconds on 2 CPU cores.
+
+    Same topology as the full model (so every code path runs), narrow ResNet-50, small decoders and
+    small frames. GroupNorm keeps 32 groups where channels allow; ``gn_groups`` drops to 8.
+    """
+    c = c.copy_and_resolve_references()
+    c.model.backbone_depth = 50
+    c.model.backbone_width = 8
+    c.model.fpn_channels = 32
+    c.model.embedding_channels = (32, 32, 16, 16)
+    c.model.seediness_channels = (32, 32, 16, 16)
+    c.model.semseg_channels = (32, 32, 16, 16)
+    c.model.gn_groups = 8
+    c.data.min_dim = 96
+    c.data.max_dim = 160
+    c.data.max_instances = 8
+    c.train.checkpoint_every = 200
+    c.train.log_every = 10
+    c.train.image_summary_every = 200
+    return c
+
+
+def parse_variants(arg: str | None, allowed: tuple[str, ...]) -> set[str]:
+    """Parses ``configs/x.py:a,b`` variant strings; an unknown variant is a clear error."""
+    variants = {v.strip() for v in (arg or "").split(",") if v.strip()}
+    unknown = variants - set(allowed)
+    if unknown:
+        raise ValueError(f"unknown config variant(s) {sorted(unknown)}; this config accepts {list(allowed)}")
+    return variants
+
+
+def dataset(fmt: str, root: str, split: str, weight: float = 1.0, **extra) -> ml_collections.ConfigDict:
+    """One entry of ``config.data.datasets``: a reader format, its root directory, split and weight."""
+    return ml_collections.ConfigDict(dict(format=fmt, root=root, split=split, weight=weight, **extra))
