@@ -1,0 +1,72 @@
+"""The STEm-Seg network (Flax Linen). ``build_model(config)`` is the public entry point."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import traverse_util
+
+from stemseg_jax.model.stemseg import STEmSeg
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def build_model(config: ml_collections.ConfigDict, *, calibrate_bn: bool = False) -> STEmSeg:
+    """Returns the Flax module for ``config.model`` (see ``stemseg_jax/config.py`` for the fields)."""
+    m = config.model
+    if m.dtype not in _DTYPES:
+        raise ValueError(f"model.dtype must be one of {sorted(_DTYPES)}, got {m.dtype!r}")
+    return STEmSeg(
+        embedding_mode=m.embedding_mode,
+        free_dim_stds=tuple(m.free_dim_stds),
+        time_scale=m.time_scale,
+        backbone_depth=m.backbone_depth,
+        backbone_width=m.backbone_width,
+        fpn_channels=m.fpn_channels,
+        freeze_at=m.freeze_at,
+        freeze_backbone=m.freeze_backbone,
+        seediness_from=m.seediness_head,
+        embedding_channels=tuple(m.embedding_channels),
+        seediness_channels=tuple(m.seediness_channels),
+        semseg_channels=tuple(m.semseg_channels),
+        use_semseg_head=m.use_semseg_head,
+        num_classes=m.num_classes,
+        foreground_channel=m.foreground_channel,
+        gn_groups=m.gn_groups,
+        conv3d_impl=m.conv3d_impl,
+        dtype=_DTYPES[m.dtype],
+        remat=m.remat,
+        calibrate_bn=calibrate_bn,
+    )
+
+
+def trainable_mask(params, config: ml_collections.ConfigDict):
+    """A pytree of bools over ``params``: False for frozen parameters (stem and stages before
+    ``freeze_at``; the whole backbone + FPN with ``freeze_backbone``). Frozen parameters get neither
+    updates nor weight decay."""
+    m = config.model
+
+    def trainable(path: tuple[str, ...]) -> bool:
+        if path[0] != "backbone":
+            return True
+        if m.freeze_backbone:
+            return False
+        if path[1] == "body":
+            block = path[2]
+            if block == "stem":
+                return m.freeze_at < 1
+            stage = int(block[len("layer") :].split("_")[0])
+            return stage >= m.freeze_at
+        return True
+
+    flat = traverse_util.flatten_dict(params)
+    return traverse_util.unflatten_dict({k: trainable(k) for k in flat})
+
+
+def init_variables(config: ml_collections.ConfigDict, key: jax.Array, images: jax.Array):
+    """Initialises all variable collections for ``images [B, T, H, W, 3]``."""
+    return build_model(config).init(key, images)
+
+
+__all__ = ["STEmSeg", "build_model", "trainable_mask", "init_variables"]

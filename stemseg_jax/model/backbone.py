@@ -1,0 +1,138 @@
+"""ResNet-50/101 body and FPN as in maskrcnn-benchmark with STEm-Seg's changes (spec §1).
+
+Input ``[N, H, W, 3]`` BGR, mean-subtracted, ``H, W`` multiples of 32. Output: P2..P5 at strides
+4, 8, 16, 32, each ``[N, H/s, W/s, fpn_channels]``.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from stemseg_jax.model.layers import FrozenBatchNorm, max_pool_3x3_s2, upsample
+
+STAGE_BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
+
+# Backbone convs are trained from scratch only in tests and the demo (real runs start from the Mask R-CNN
+# weights), so He initialisation is used rather than PyTorch's default.
+_he_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def _conv(features: int, kernel: int, stride: int, dtype, name: str, use_bias: bool = False) -> nn.Conv:
+    pad = (kernel - 1) // 2
+    return nn.Conv(
+        features,
+        (kernel, kernel),
+        strides=(stride, stride),
+        padding=((pad, pad), (pad, pad)),
+        use_bias=use_bias,
+        dtype=dtype,
+        kernel_init=_he_init,
+        name=name,
+    )
+
+
+class Bottleneck(nn.Module):
+    """1x1 (stride here, "STRIDE_IN_1X1") -> 3x3 -> 1x1, FrozenBN after each, projection shortcut if needed."""
+
+    width: int
+    out_channels: int
+    stride: int
+    dtype: jnp.dtype = jnp.float32
+    calibrate: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        bn = lambda name: FrozenBatchNorm(calibrate=self.calibrate, name=name)  # noqa: E731
+        y = nn.relu(bn("bn1")(_conv(self.width, 1, self.stride, self.dtype, "conv1")(x)))
+        y = nn.relu(bn("bn2")(_conv(self.width, 3, 1, self.dtype, "conv2")(y)))
+        y = bn("bn3")(_conv(self.out_channels, 1, 1, self.dtype, "conv3")(y))
+        if x.shape[-1] != self.out_channels:
+            x = bn("downsample_1")(_conv(self.out_channels, 1, self.stride, self.dtype, "downsample_0")(x))
+        return nn.relu(y + x)
+
+
+class ResNet(nn.Module):
+    """ResNet body returning C2..C5; stages before ``freeze_at`` get no gradient (FREEZE_AT_STAGE)."""
+
+    depth: int = 101
+    width: int = 64
+    freeze_at: int = 2
+    dtype: jnp.dtype = jnp.float32
+    calibrate: bool = False
+    remat: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, ...]:
+        if self.depth not in STAGE_BLOCKS:
+            raise ValueError(f"backbone_depth must be one of {sorted(STAGE_BLOCKS)}, got {self.depth}")
+        x = x.astype(self.dtype)
+        stem = _StemBlock(self.width, self.dtype, self.calibrate, name="stem")
+        x = stem(x)
+        if self.freeze_at >= 1:
+            x = jax.lax.stop_gradient(x)
+        block_cls = nn.remat(Bottleneck) if self.remat else Bottleneck
+        outputs = []
+        for stage, n_blocks in enumerate(STAGE_BLOCKS[self.depth], start=1):
+            width = self.width * 2 ** (stage - 1)
+            for i in range(n_blocks):
+                stride = 2 if (i == 0 and stage > 1) else 1
+                x = block_cls(width, 4 * width, stride, self.dtype, self.calibrate, name=f"layer{stage}_{i}")(x)
+            if stage < self.freeze_at:
+                x = jax.lax.stop_gradient(x)
+            outputs.append(x)
+        return tuple(outputs)
+
+
+class _StemBlock(nn.Module):
+    width: int
+    dtype: jnp.dtype
+    calibrate: bool
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = _conv(self.width, 7, 2, self.dtype, "conv1")(x)
+        x = nn.relu(FrozenBatchNorm(calibrate=self.calibrate, name="bn1")(x))
+        return max_pool_3x3_s2(x)
+
+
+class FPN(nn.Module):
+    """Lateral 1x1 + output 3x3 convs (with bias, no norm/ReLU), bilinear top-down upsampling (spec §1.2)."""
+
+    channels: int = 256
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, feats: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+        conv = lambda k, name: nn.Conv(  # noqa: E731
+            self.channels, (k, k), padding=((k // 2, k // 2),) * 2, dtype=self.dtype, name=name
+        )
+        last = conv(1, "fpn_inner4")(feats[3])
+        results = [conv(3, "fpn_layer4")(last)]
+        for k in (3, 2, 1):
+            # QUIRK kept (spec §1.2): bilinear, half-pixel, although the weights come from a nearest-upsampling FPN.
+            last = conv(1, f"fpn_inner{k}")(feats[k - 1]) + upsample(last, (2, 2))
+            results.insert(0, conv(3, f"fpn_layer{k}")(last))
+        return tuple(results)
+
+
+class ResNetFPN(nn.Module):
+    depth: int = 101
+    width: int = 64
+    fpn_channels: int = 256
+    freeze_at: int = 2
+    freeze_all: bool = False
+    dtype: jnp.dtype = jnp.float32
+    calibrate: bool = False
+    remat: bool = False
+
+    @nn.compact
+    def __call__(self, images: jax.Array) -> tuple[jax.Array, ...]:
+        feats = ResNet(self.depth, self.width, self.freeze_at, self.dtype, self.calibrate, self.remat, name="body")(
+            images
+        )
+        out = FPN(self.fpn_channels, self.dtype, name="fpn")(feats)
+        if self.freeze_all:
+            out = tuple(jax.lax.stop_gradient(o) for o in out)
+        return out
