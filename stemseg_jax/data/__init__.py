@@ -1,0 +1,6 @@
+"""Dataset readers, synthetic datasets and the input pipeline (never imports the model)."""
+
+from stemseg_jax.data.io import read_image
+from stemseg_jax.data.records import EmptyMaskSource, MaskSource, VideoRecord
+
+__all__ = ["EmptyMaskSource", "MaskSource", "VideoRecord", "read_image"]

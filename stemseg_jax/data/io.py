@@ -1,0 +1,220 @@
+"""File I/O shared by the readers, the synthetic generator and the pipeline.
+
+Images are read with OpenCV and stay BGR (the network sees BGR, spec §1.4). Label PNGs are read with
+Pillow because OpenCV expands palette (indexed) PNGs to colours, losing the instance ids. RLEs and
+polygons go through pycocotools. Every writer is atomic: it writes a temporary file in the target
+directory and ``os.replace``s it, so a crash never leaves a half-written file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import string
+import tempfile
+from collections.abc import Callable
+from typing import Any
+
+import cv2
+import numpy as np
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+
+def read_image(path: str) -> np.ndarray:
+    """Reads an image file as ``[H, W, 3] uint8`` BGR; a clear error naming the path if missing/corrupt."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"image file not found: {path}")
+    image = cv2.imread(path, cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError(f"cannot decode image (corrupt or unsupported format): {path}")
+    return image
+
+
+def read_label_png(path: str) -> np.ndarray:
+    """Reads a label PNG as an integer ``[H, W]`` array of stored values.
+
+    Indexed (mode ``P``) PNGs give palette indices, 8-bit grey gives values, 16-bit PNGs (KITTI-MOTS
+    instances, Mapillary instances) give their 16-bit values. Returned dtype is ``int32``.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"label PNG not found: {path}")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("RGB", "RGBA"):
+                raise ValueError(f"label PNG {path} is {im.mode}; expected an indexed (P), grey (L) or 16-bit PNG")
+            arr = np.asarray(im)
+    except (OSError, SyntaxError) as e:  # Pillow raises these on truncated / corrupt files
+        raise ValueError(f"cannot decode label PNG (corrupt?): {path}: {e}") from e
+    if arr.ndim != 2:
+        raise ValueError(f"label PNG {path} has shape {arr.shape}; expected a single channel")
+    return arr.astype(np.int32)
+
+
+def image_size(path: str) -> tuple[int, int]:
+    """``(height, width)`` of an image from its header only (Pillow reads no pixel data)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except (OSError, SyntaxError) as e:
+        raise ValueError(f"cannot read image header (corrupt?): {path}: {e}") from e
+    return h, w
+
+
+def expand_path(value: str, field: str) -> str:
+    """Expands ``$VARS`` and ``~`` in a configured path; an unset variable is a clear error naming ``field``."""
+    missing = [
+        name or braced
+        for _, name, braced, _ in string.Template.pattern.findall(value)
+        if (name or braced) and (name or braced) not in os.environ
+    ]
+    if missing:
+        raise ValueError(f"config field {field}={value!r}: environment variable(s) {missing} not set")
+    return os.path.abspath(os.path.expanduser(os.path.expandvars(value)))
+
+
+# ---------------------------------------------------------------------------------------------- RLE
+
+
+def decode_segmentation(segm: Any, height: int, width: int, where: str) -> np.ndarray:
+    """Decodes one COCO-style segmentation to ``[H, W] bool``.
+
+    ``segm`` may be a compressed RLE dict (``counts`` str/bytes), an uncompressed RLE dict (``counts``
+    list of run lengths, as YouTube-VIS ground truth), a bare compressed ``counts`` string (the
+    authors' JSONs and KITTI-MOTS txt) or a polygon list. ``where`` names the file/frame/instance for
+    errors; an RLE whose size disagrees with ``(height, width)`` is an error.
+    """
+    if isinstance(segm, (str, bytes)):
+        rle = {"size": [height, width], "counts": segm}
+    elif isinstance(segm, dict):
+        if "counts" not in segm or "size" not in segm:
+            raise ValueError(f"{where}: RLE dict needs 'size' and 'counts', got keys {sorted(segm)}")
+        size = [int(s) for s in segm["size"]]
+        if size != [height, width]:
+            raise ValueError(f"{where}: RLE size {size} disagrees with the frame size {[height, width]}")
+        rle = segm
+        if isinstance(segm["counts"], list):
+            total = int(np.sum(segm["counts"]))
+            if total != height * width:
+                raise ValueError(f"{where}: uncompressed RLE covers {total} pixels, frame has {height * width}")
+            rle = mask_utils.frPyObjects(segm, height, width)
+    elif isinstance(segm, list):
+        polys = [p for p in segm if len(p) >= 6]
+        if not polys:
+            raise ValueError(f"{where}: polygon list has no polygon with >= 3 points")
+        rle = mask_utils.merge(mask_utils.frPyObjects(polys, height, width))
+    else:
+        raise ValueError(f"{where}: unsupported segmentation type {type(segm).__name__}")
+    if isinstance(rle.get("counts"), str):
+        rle = {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
+    try:
+        m = mask_utils.decode(rle)
+    except Exception as e:  # pycocotools raises bare exceptions on malformed counts
+        raise ValueError(f"{where}: cannot decode RLE: {e}") from e
+    if m.shape != (height, width):
+        raise ValueError(f"{where}: decoded mask is {m.shape}, frame is {(height, width)}")
+    return m.astype(bool)
+
+
+def encode_rle(mask: np.ndarray) -> dict:
+    """``[H, W] bool`` -> compressed COCO RLE dict with a ``str`` ``counts`` (JSON-serialisable)."""
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def encode_rle_uncompressed(mask: np.ndarray) -> dict:
+    """``[H, W] bool`` -> uncompressed RLE (column-major runs starting with a zero run), as YouTube-VIS GT."""
+    flat = np.asarray(mask, bool).ravel(order="F")
+    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    bounds = np.concatenate([[0], change, [flat.size]])
+    runs = np.diff(bounds).tolist()
+    if flat.size and flat[0]:
+        runs = [0] + runs
+    return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": runs}
+
+
+# ------------------------------------------------------------------------------------ atomic writers
+
+
+def atomic_write(path: str, write: Callable[[str], None]) -> None:
+    """Calls ``write(tmp_path)`` for a temp file next to ``path``, then renames it onto ``path``."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    suffix = os.path.splitext(path)[1]
+    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=suffix, dir=directory)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_json(path: str, obj: Any) -> None:
+    def _write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(obj, f, separators=(",", ":"))
+
+    atomic_write(path, _write)
+
+
+def write_text(path: str, text: str) -> None:
+    def _write(tmp):
+        with open(tmp, "w") as f:
+            f.write(text)
+
+    atomic_write(path, _write)
+
+
+def write_image(path: str, image: np.ndarray, jpeg_quality: int = 95) -> None:
+    """Writes a ``[H, W, 3] uint8`` BGR image (format from the extension)."""
+
+    def _write(tmp):
+        params = [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality] if tmp.lower().endswith((".jpg", ".jpeg")) else []
+        if not cv2.imwrite(tmp, image, params):
+            raise OSError(f"cv2.imwrite failed for {path}")
+
+    atomic_write(path, _write)
+
+
+def _voc_palette() -> list[int]:
+    """The PASCAL VOC colour map (bit-interleaved), used by DAVIS annotation PNGs."""
+    palette = []
+    for i in range(256):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        palette += [r, g, b]
+    return palette
+
+
+def write_indexed_png(path: str, labels: np.ndarray) -> None:
+    """Writes ``[H, W]`` ids in 0..255 as an indexed (mode P) PNG with the VOC palette (DAVIS convention)."""
+    if labels.min(initial=0) < 0 or labels.max(initial=0) > 255:
+        raise ValueError(f"{path}: indexed PNG values must lie in 0..255")
+    arr = np.ascontiguousarray(labels, dtype=np.uint8)
+    im = Image.frombytes("P", (arr.shape[1], arr.shape[0]), arr.tobytes())
+    im.putpalette(_voc_palette())
+    atomic_write(path, lambda tmp: im.save(tmp, format="PNG"))
+
+
+def write_uint16_png(path: str, labels: np.ndarray) -> None:
+    """Writes ``[H, W]`` ids in 0..65535 as a 16-bit grey PNG (KITTI-MOTS / Mapillary instance PNGs)."""
+    if labels.min(initial=0) < 0 or labels.max(initial=0) > 65535:
+        raise ValueError(f"{path}: 16-bit PNG values must lie in 0..65535")
+    arr = labels.astype(np.uint16)
+
+    def _write(tmp):
+        if not cv2.imwrite(tmp, arr):
+            raise OSError(f"cv2.imwrite failed for {path}")
+
+    atomic_write(path, _write)
