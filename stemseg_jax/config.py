@@ -165,3 +165,17 @@ def parse_variants(arg: str | None, allowed: tuple[str, ...]) -> set[str]:
 def dataset(fmt: str, root: str, split: str, weight: float = 1.0, **extra) -> ml_collections.ConfigDict:
     """One entry of ``config.data.datasets``: a reader format, its root directory, split and weight."""
     return ml_collections.ConfigDict(dict(format=fmt, root=root, split=split, weight=weight, **extra))
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+    """Loads ``path/to/config.py[:variants]`` the way ``--config`` does (for tools and tests)."""
+    import importlib.util
+    import os
+
+    path, _, arg = spec.partition(":")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config file not found: {path}")
+    module_spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg or None)

@@ -114,10 +114,7 @@ def avg_pool_t2(x: jax.Array) -> jax.Array:
     ``[N, T, H, W, C]`` -> ``[N, floor((T - 1) / 2) + 1, H, W, C]``. It also box-blurs 3x3 in space and,
     because the zero padding is counted, attenuates border frames and pixels — as the official decoder does.
     """
-    summed = lax.reduce_window(
-        x, jnp.zeros((), x.dtype), lax.add, (1, 3, 3, 3, 1), (1, 2, 1, 1, 1), ((0, 0), (1, 1), (1, 1), (1, 1), (0, 0))
-    )
-    return summed / jnp.asarray(27.0, x.dtype)
+    return nn.avg_pool(x, (3, 3, 3), strides=(2, 1, 1), padding=((1, 1),) * 3, count_include_pad=True)
 
 
 def upsample2x_linear(x: jax.Array, axis: int) -> jax.Array:
