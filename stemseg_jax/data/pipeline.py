@@ -1,0 +1,439 @@
+"""The training input pipeline: a deterministic, resumable plan of batches, loaded by grain workers.
+
+Plan (built once per "epoch" of ``num_steps * batch_size`` samples, from the seed alone, spec §5.2):
+every dataset of ``config.data.datasets`` gets ``round(w * S)`` samples; video datasets pre-sample
+that many clips (spec §5.3), image datasets repeat or subsample their images. Samples are then
+grouped by *size bucket* and cut into batches, and the batches are shuffled. Step k reads batch
+``k mod num_batches`` of epoch ``k div num_batches``; every random draw made while loading a clip
+comes from a generator seeded with ``(seed, k, slot)``. A batch therefore depends only on
+``(seed, k)``: resuming at ``start_step = k`` needs no replay, and the number of workers does not
+change the data.
+
+Buckets: each record's padded size follows from its height/width and the resize rule, so the plan
+knows every sample's padded shape before decoding anything. Shapes are split by orientation
+(landscape / portrait) and, within one, into up to ``BUCKETS_PER_ORIENTATION`` groups of equal
+expected sample count ordered by area; a bucket's shape is the elementwise maximum of its group, and
+a sample goes to the smallest bucket that contains it. All clips of a batch share one bucket, so a
+run compiles at most a handful of shapes (one per bucket) while a clip is padded only up to its
+bucket, not to the dataset maximum. An incomplete last batch of a bucket is filled up with random
+other samples of the same bucket.
+
+Workers: grain ``MapDataset`` (random access by step, which is what makes resumption free) mapped by
+a picklable ``BatchLoader``, turned into an ``IterDataset`` with in-process read threads and
+``mp_prefetch`` worker processes. grain keeps the output order deterministic whatever the worker
+count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import zlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import grain.python as grain
+import numpy as np
+from absl import flags
+
+from stemseg_jax import preprocessing
+from stemseg_jax.data import augment, duplicator, sampling
+
+BUCKETS_PER_ORIENTATION = 2
+# Reader formats whose records are split at long empty runs instead of losing empty frames.
+KITTI_FORMATS = ("kitti_mots", "mots_challenge", "mots")
+# Reader formats whose single-instance clips are duplicated by default (spec §5.4).
+DUPLICATION_FORMATS = ("davis", "ytvis")
+# Official minimum instance areas (pixels at original size, spec §5.5); other formats keep everything.
+MIN_INSTANCE_AREA = {"pascal_voc": 50, "mapillary": 30}
+
+
+@dataclasses.dataclass
+class EpochPlan:
+    """One epoch of samples and batches.
+
+    Attributes:
+      sample_dataset: ``[N]`` index into ``DataSources.names``.
+      sample_record: ``[N]`` index into that dataset's records.
+      sample_frames: ``[N, T]`` frame indices (row of -1 for image samples).
+      sample_bucket: ``[N]`` index into ``DataSources.buckets``.
+      batches: ``[num_batches, B]`` sample indices; all samples of a row share a bucket.
+    """
+
+    sample_dataset: np.ndarray
+    sample_record: np.ndarray
+    sample_frames: np.ndarray
+    sample_bucket: np.ndarray
+    batches: np.ndarray
+
+
+@dataclasses.dataclass
+class DataSources:
+    """The loaded datasets and everything about them that does not change between epochs."""
+
+    names: tuple[str, ...]
+    cfgs: tuple[Mapping[str, Any], ...]
+    records: tuple[Sequence[Any], ...]
+    record_bucket: tuple[np.ndarray, ...]  # per dataset: [num_records] bucket index
+    buckets: np.ndarray  # [K, 2] padded (H, W)
+
+
+def _dataset_seed(seed: int, epoch: int, name: str) -> np.random.Generator:
+    # crc32 of the name: a dataset's samples do not change when another dataset is added or renamed.
+    return np.random.default_rng([seed, epoch, zlib.crc32(name.encode())])
+
+
+def _cfg_get(cfg: Mapping[str, Any], key: str, default):
+    return cfg[key] if key in cfg else default
+
+
+def _is_image_dataset(records: Sequence[Any], name: str) -> bool:
+    kinds = {bool(r.is_image) for r in records}
+    if len(kinds) > 1:
+        raise ValueError(f"dataset {name!r} mixes image and video records")
+    return kinds == {True}
+
+
+def record_padded_dims(record, min_dim: int, max_dim: int) -> tuple[int, int]:
+    return preprocessing.padded_dims(*preprocessing.compute_resize_dims(record.height, record.width, min_dim, max_dim))
+
+
+def choose_buckets(
+    shapes: np.ndarray, weights: np.ndarray, per_orientation: int = BUCKETS_PER_ORIENTATION
+) -> np.ndarray:
+    """Bucket shapes for padded sizes ``shapes [N, 2]`` seen with relative frequencies ``weights [N]``.
+
+    Returns ``[K, 2]`` (H, W) with K <= 2 * per_orientation; every input shape fits in some bucket.
+    """
+    buckets = []
+    for portrait in (False, True):
+        sel = (shapes[:, 0] > shapes[:, 1]) == portrait
+        if not sel.any():
+            continue
+        s, wts = shapes[sel], weights[sel]
+        order = np.argsort(s[:, 0] * s[:, 1], kind="stable")
+        s, wts = s[order], wts[order]
+        cum = np.cumsum(wts) / wts.sum()
+        group = np.minimum((cum * per_orientation - 1e-9).astype(int), per_orientation - 1)
+        for g in np.unique(group):
+            buckets.append(s[group == g].max(axis=0))
+    return np.unique(np.asarray(buckets, np.int64), axis=0)
+
+
+def assign_buckets(shapes: np.ndarray, buckets: np.ndarray) -> np.ndarray:
+    """Index of the smallest-area bucket containing each shape (``shapes [N, 2]`` -> ``[N]``)."""
+    fits = (shapes[:, None, :] <= buckets[None, :, :]).all(axis=2)
+    if not fits.any(axis=1).all():
+        raise ValueError("a sample shape fits in no bucket")
+    area = np.where(fits, buckets[None, :, 0] * buckets[None, :, 1], np.iinfo(np.int64).max)
+    return area.argmin(axis=1)
+
+
+def load_sources(config, records_by_dataset: Mapping[str, Sequence[Any]] | None = None) -> DataSources:
+    """Reads every dataset of ``config.data.datasets`` (through ``load_dataset``) and picks buckets.
+
+    ``records_by_dataset`` replaces the readers (tests, tools that already hold records).
+    """
+    data = config.data
+    names = tuple(sorted(data.datasets.keys()))
+    if not names:
+        raise ValueError("config.data.datasets is empty: no training data")
+    cfgs = tuple(data.datasets[n] for n in names)
+    if records_by_dataset is None:
+        from stemseg_jax.data import load_dataset  # the readers (D1); imported late to keep this module light
+
+        records_by_dataset = {n: load_dataset(c) for n, c in zip(names, cfgs)}
+    records = tuple(list(records_by_dataset[n]) for n in names)
+    for n, recs in zip(names, records):
+        if not recs:
+            raise ValueError(f"dataset {n!r} has no records")
+    quotas = sampling.mixture_quotas({n: c.weight for n, c in zip(names, cfgs)}, 1)
+    shapes, weights = [], []
+    for n, recs in zip(names, records):
+        s = np.asarray([record_padded_dims(r, data.min_dim, data.max_dim) for r in recs], np.int64)
+        shapes.append(s)
+        weights.append(np.full(len(recs), max(quotas[n], 1e-6) / len(recs)))
+    buckets = choose_buckets(np.concatenate(shapes), np.concatenate(weights))
+    record_bucket = tuple(assign_buckets(s, buckets) for s in shapes)
+    return DataSources(names, cfgs, records, record_bucket, buckets)
+
+
+def _video_views(records: Sequence[Any], fmt: str) -> list[sampling.SequenceView]:
+    views = []
+    for i, r in enumerate(records):
+        if fmt in KITTI_FORMATS:
+            views.extend(sampling.kitti_split_views(r, i))
+        else:
+            views.append(sampling.nonempty_frame_view(r, i))
+    return views
+
+
+def build_epoch_plan(config, sources: DataSources, seed: int, epoch: int) -> EpochPlan:
+    """The samples and batches of one epoch (module docstring). Deterministic in (seed, epoch)."""
+    data, batch_size = config.data, config.train.batch_size
+    total = config.train.num_steps * batch_size
+    quotas = sampling.mixture_quotas({n: c.weight for n, c in zip(sources.names, sources.cfgs)}, total)
+    ds_idx, rec_idx, frames = [], [], []
+    for d, (name, cfg, recs) in enumerate(zip(sources.names, sources.cfgs, sources.records)):
+        rng = _dataset_seed(seed, epoch, name)
+        quota = quotas[name]
+        if _is_image_dataset(recs, name):
+            usable = np.asarray([i for i, r in enumerate(recs) if r.frame_instances[0]], np.int64)
+            if usable.size == 0:
+                raise ValueError(f"dataset {name!r}: no image has an instance")
+            r = usable[sampling.resample_to_quota(len(usable), quota, rng, data.subsample)]
+            f = np.full((len(r), data.num_frames), -1, np.int64)
+        else:
+            gap = int(_cfg_get(cfg, "frame_gap", data.frame_gap))
+            r, f = sampling.sample_video_clips(_video_views(recs, cfg.format), quota, data.num_frames, gap, rng)
+        ds_idx.append(np.full(len(r), d, np.int64))
+        rec_idx.append(r)
+        frames.append(f)
+    sample_dataset = np.concatenate(ds_idx)
+    sample_record = np.concatenate(rec_idx)
+    sample_frames = np.concatenate(frames)
+    sample_bucket = np.empty(len(sample_dataset), np.int64)
+    for d in range(len(sources.names)):
+        sel = sample_dataset == d
+        sample_bucket[sel] = sources.record_bucket[d][sample_record[sel]]
+
+    rng = np.random.default_rng([seed, epoch, 0xBA7C])
+    batches = []
+    for b in range(len(sources.buckets)):
+        members = rng.permutation(np.flatnonzero(sample_bucket == b))
+        if members.size == 0:
+            continue
+        short = -len(members) % batch_size
+        if short:
+            members = np.concatenate([members, rng.choice(members, short, replace=members.size < short)])
+        batches.append(members.reshape(-1, batch_size))
+    batches = np.concatenate(batches)[rng.permutation(sum(len(b) for b in batches))]
+    return EpochPlan(sample_dataset, sample_record, sample_frames, sample_bucket, batches)
+
+
+# ------------------------------------------------------------------------------------------ clips
+
+
+def _read_frames(record, frames: Sequence[int]) -> np.ndarray:
+    from stemseg_jax.data.io import read_image
+
+    images = [read_image(record.frame_paths[f]) for f in frames]
+    for f, im in zip(frames, images):
+        if im.shape[:2] != (record.height, record.width):
+            raise ValueError(
+                f"{record.frame_paths[f]}: frame {f} is {im.shape[1]}x{im.shape[0]}, "
+                f"the annotations say {record.width}x{record.height}"
+            )
+    return np.stack(images)
+
+
+def _resize_clip(images, masks, ignore, new_h, new_w):
+    """Resizes ``images [T,H,W,3]``, ``masks [I,T,H,W]``, ``ignore [T,H,W]`` (masks: bilinear then > 0.5)."""
+    t = images.shape[0]
+    out_img = np.stack([preprocessing.resize_image(im, new_h, new_w) for im in images])
+    # All binary maps of a frame are resized in one multi-channel OpenCV call.
+    planes = np.concatenate([masks, ignore[None]], axis=0).transpose(1, 2, 3, 0)  # [T, H, W, I+1]
+    out_planes = np.empty((t, new_h, new_w, planes.shape[-1]), bool)
+    for i in range(t):
+        chunk = planes[i].astype(np.float32)
+        for c0 in range(0, chunk.shape[-1], 256):  # OpenCV limit of 512 channels per image
+            part = preprocessing.resize_image(chunk[..., c0 : c0 + 256], new_h, new_w)
+            out_planes[i, ..., c0 : c0 + 256] = (part if part.ndim == 3 else part[..., None]) > 0.5
+    out_planes = out_planes.transpose(3, 0, 1, 2)
+    return out_img, out_planes[:-1], out_planes[-1]
+
+
+def load_clip(
+    record,
+    frames: np.ndarray,
+    ds_cfg: Mapping[str, Any],
+    data_cfg,
+    rng: np.random.Generator,
+    bucket_hw: tuple[int, int],
+) -> dict[str, np.ndarray]:
+    """Decodes, augments, resizes and pads one training clip.
+
+    Args:
+      record: a ``VideoRecord``.
+      frames: ``[T]`` frame indices into the record, or all -1 for an image record.
+      ds_cfg: the dataset's entry of ``config.data.datasets``.
+      data_cfg: ``config.data``.
+      rng: this clip's randomness.
+      bucket_hw: padded (H, W) of the batch.
+
+    Returns:
+      ``images [T, Hb, Wb, 3] uint8``, ``masks [I_max, T, Hb, Wb] bool``, ``instance_valid [I_max]``,
+      ``category_ids [I_max] int32``, ``ignore [T, Hb, Wb] bool``.
+    """
+    fmt = ds_cfg.format
+    num_frames, max_inst = data_cfg.num_frames, data_cfg.max_instances
+    if record.is_image:
+        ids = sorted(record.frame_instances[0])
+        image = _read_frames(record, [0])[0]
+        masks, ignore = record.masks.load([0], ids)
+        masks, ignore = masks[:, 0], ignore[0]
+        min_area = _cfg_get(ds_cfg, "min_instance_area", MIN_INSTANCE_AREA.get(fmt, 0))
+        if min_area:
+            keep = masks.reshape(len(ids), -1).sum(axis=1) >= min_area
+            ids, masks = [i for i, k in zip(ids, keep) if k], masks[keep]
+        if rng.random() < 0.5:
+            image, masks, ignore = image[:, ::-1], masks[..., ::-1], ignore[:, ::-1]
+        images, masks, ignore, _ = augment.image_to_clip(
+            image, masks, ignore, num_frames, rng, recipe=data_cfg.augmentation, source_format=fmt
+        )
+        categories = [record.categories[i] for i in ids]
+    else:
+        frames = [int(f) for f in frames]
+        ids = sorted(set().union(*(record.frame_instances[f] for f in frames)))
+        images = _read_frames(record, frames)
+        masks, ignore = record.masks.load(frames, ids)
+        categories = [record.categories[i] for i in ids]
+        dup = _cfg_get(ds_cfg, "instance_duplication", fmt in DUPLICATION_FORMATS) and data_cfg.instance_duplication
+        if dup and len(ids) == 1:
+            result = duplicator.duplicate_single_instance(images, masks[0], rng)
+            if result is not None:
+                images, masks = result
+                categories = categories * 2
+        if _cfg_get(ds_cfg, "background_as_ignore", fmt == "davis"):
+            # Official DAVIS behaviour (spec §4.7): unannotated pixels are ignore, not background.
+            ignore = ignore | ~masks.any(axis=0)
+        if data_cfg.video_flip and rng.random() < 0.5:
+            images, masks, ignore = augment.hflip_clip(images, masks, ignore)
+
+    masks = np.asarray(masks, bool).reshape(-1, *images.shape[:3])
+    ignore = np.asarray(ignore, bool)
+    h, w = images.shape[1:3]
+    new_h, new_w = preprocessing.compute_resize_dims(h, w, data_cfg.min_dim, data_cfg.max_dim)
+    images, masks, ignore = _resize_clip(images, masks, ignore, new_h, new_w)
+
+    # Instances that vanished (augmented out of the frame, or lost in downscaling) carry no signal.
+    area = masks.reshape(len(masks), -1).sum(axis=1)
+    order = [i for i in np.argsort(-area, kind="stable") if area[i] > 0]
+    keep, overflow = order[:max_inst], order[max_inst:]
+    if overflow:  # more instances than slots: the smallest become ignore regions (documented)
+        ignore = ignore | masks[overflow].any(axis=0)
+    keep = sorted(keep)
+    bh, bw = bucket_hw
+    out_masks = np.zeros((max_inst, num_frames, bh, bw), bool)
+    out_masks[: len(keep), :, :new_h, :new_w] = masks[keep]
+    valid = np.zeros(max_inst, bool)
+    valid[: len(keep)] = True
+    cats = np.zeros(max_inst, np.int32)
+    cats[: len(keep)] = 1 if data_cfg.class_agnostic else [categories[i] for i in keep]
+    return {
+        "images": np.stack([preprocessing.pad_image(im, bh, bw) for im in images]),
+        "masks": out_masks,
+        "instance_valid": valid,
+        "category_ids": cats,
+        "ignore": preprocessing.pad_mask(ignore, bh, bw),
+    }
+
+
+def clip_id(name: str, record, frames: np.ndarray) -> str:
+    if record.is_image:
+        return f"{name}/{record.name}"
+    return f"{name}/{record.name}/frames {','.join(str(int(f)) for f in frames)}"
+
+
+class BatchLoader:
+    """Maps a global step to this shard's part of that step's batch. Picklable (sent to grain workers)."""
+
+    def __init__(self, config, sources: DataSources, seed: int, shard_index: int = 0, shard_count: int = 1):
+        batch_size = config.train.batch_size
+        if shard_count < 1 or not 0 <= shard_index < shard_count or batch_size % shard_count:
+            raise ValueError(
+                f"batch_size {batch_size} must split evenly into shard_count {shard_count} "
+                f"(shard_index {shard_index})"
+            )
+        self.config, self.sources, self.seed = config, sources, seed
+        self.slots = range(shard_index * batch_size // shard_count, (shard_index + 1) * batch_size // shard_count)
+        self._plans: dict[int, EpochPlan] = {}
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_plans"] = {}  # rebuilt on demand in each worker
+        return state
+
+    def plan(self, epoch: int) -> EpochPlan:
+        if epoch not in self._plans:
+            # Keep epoch 0 (it fixes the epoch length) and the latest one.
+            self._plans = {e: p for e, p in self._plans.items() if e == 0}
+            self._plans[epoch] = build_epoch_plan(self.config, self.sources, self.seed, epoch)
+        return self._plans[epoch]
+
+    def step_samples(self, step: int) -> tuple[EpochPlan, np.ndarray]:
+        first = self.plan(0)
+        epoch, row = divmod(step, len(first.batches))
+        plan = self.plan(epoch)
+        row %= len(plan.batches)
+        return plan, plan.batches[row]
+
+    def __call__(self, step: int) -> dict[str, np.ndarray]:
+        plan, samples = self.step_samples(int(step))
+        bucket = tuple(int(v) for v in self.sources.buckets[plan.sample_bucket[samples[0]]])
+        clips, ids = [], []
+        for slot in self.slots:
+            s = samples[slot]
+            d = int(plan.sample_dataset[s])
+            name, record = self.sources.names[d], self.sources.records[d][int(plan.sample_record[s])]
+            frames = plan.sample_frames[s]
+            cid = clip_id(name, record, frames)
+            rng = np.random.default_rng([self.seed, int(step), slot, 0xC11B])
+            try:
+                clips.append(load_clip(record, frames, self.sources.cfgs[d], self.config.data, rng, bucket))
+            except Exception as err:
+                src = getattr(record, "source", "") or "?"
+                raise ValueError(f"step {step}: failed to load clip {cid} (annotations {src}): {err}") from err
+            ids.append(cid)
+        batch = {k: np.stack([c[k] for c in clips]) for k in clips[0]}
+        batch["clip_ids"] = np.asarray(ids)
+        return batch
+
+
+def build_train_iterator(
+    config,
+    *,
+    seed: int,
+    start_step: int = 0,
+    shard_index: int = 0,
+    shard_count: int = 1,
+    records_by_dataset: Mapping[str, Sequence[Any]] | None = None,
+    num_workers: int | None = None,
+    worker_init_fn: Callable[[int, int], None] | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Yields the training batches of steps ``start_step, start_step + 1, ...`` (endless).
+
+    Each batch: ``images [B, T, H, W, 3] uint8`` BGR (resized, padded with ``PAD_VALUE_BGR`` to the
+    batch's bucket), ``masks [B, I_max, T, H, W] bool``, ``instance_valid [B, I_max] bool``,
+    ``category_ids [B, I_max] int32`` (0 in empty slots), ``ignore [B, T, H, W] bool`` and
+    ``clip_ids [B]`` str (``dataset/video/frames ...``). With ``shard_count > 1`` only this shard's
+    ``B // shard_count`` clips. ``num_workers`` overrides ``config.data.num_workers`` (0: load in this
+    process with read threads only).
+    """
+    sources = load_sources(config, records_by_dataset)
+    loader = BatchLoader(config, sources, seed, shard_index, shard_count)
+    loader.plan(0)  # fail early on bad datasets, in the calling process
+    workers = config.data.num_workers if num_workers is None else num_workers
+    prefetch = max(1, int(config.data.prefetch))
+    ds = grain.MapDataset.range(start_step, start_step + 2**40).map(loader)
+    # Read threads in every process: each clip spends most of its time in OpenCV/imgaug, which release the GIL.
+    it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=2 if workers == 0 else 1, prefetch_buffer_size=prefetch))
+    if workers > 0:
+        if not flags.FLAGS.is_parsed():
+            # grain's worker processes read absl flags; outside an absl app (tests, notebooks) use the defaults.
+            flags.FLAGS(["stemseg_jax"], known_only=True)
+        it_ds = it_ds.mp_prefetch(
+            grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=prefetch),
+            worker_init_fn=worker_init_fn,
+        )
+    return _closing(iter(it_ds))
+
+
+def _closing(iterator) -> Iterator[dict[str, np.ndarray]]:
+    # Stops grain's workers and frees its shared-memory buffers as soon as the caller drops the iterator
+    # (instead of at interpreter exit, where grain's clean-up fails noisily).
+    try:
+        yield from iterator
+    finally:
+        close = getattr(iterator, "close", None)
+        if close is not None:
+            close()
