@@ -1,0 +1,169 @@
+"""Per-clip greedy clustering of the embeddings into instances (spec §6.4, ``SequentialClustering``).
+
+Seeds are taken one at a time at the unassigned foreground point of highest seediness; every
+unassigned point whose probability under the seed's Gaussian exceeds the primary threshold joins that
+cluster. Leftover points are then given to a cluster if their probability under it exceeds the
+secondary threshold.
+
+Two official quirks are options (``config.inference``):
+
+* ``distance="sqrt"``: the official code uses ``P = exp(-0.5 * sqrt(D2))`` with ``D2 = sum b (e - c)^2``,
+  while training (and our default, ``"squared"``) uses ``P = exp(-0.5 * D2)``.
+* ``secondary="farthest"``: the official code gives a leftover point the cluster at the *largest*
+  distance (a ``max`` named ``min``); our default ``"nearest"`` takes the smallest distance.
+
+Both variants keep the official bookkeeping of the secondary step: it applies to the points that were
+unassigned at the start of the last loop iteration, so after ``max_instances`` full iterations the
+points taken by the last cluster can be relabelled too (harmless for "nearest": their nearest cluster
+is the last one, at a probability above the primary threshold).
+
+Shapes are fixed so one compilation serves every clip of a video: instead of gathering the foreground
+points, every pixel of the clip is a point and the foreground mask excludes the rest.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+DISTANCES = ("squared", "sqrt")
+SECONDARY_ASSIGNMENTS = ("nearest", "farthest")
+
+
+@functools.partial(jax.jit, static_argnames=("max_instances", "distance", "secondary"))
+def _cluster_points(embeddings, bandwidths, seediness, fg, min_seediness, primary_threshold, secondary_threshold, *,
+                    max_instances, distance, secondary):
+    """``embeddings [N, E]``, ``bandwidths [N, E]`` (free dims included), ``seediness [N]``, ``fg [N]``.
+
+    Returns ``labels [N] int32`` (-1 background/outlier, 0..K-1 clusters).
+    """
+    n = embeddings.shape[0]
+    farthest = secondary == "farthest"
+    # The running best distance per point replaces the official [N, K] distance table: availability
+    # only shrinks, so every point still available at the end has a real distance to every cluster.
+    worst = -jnp.inf if farthest else jnp.inf
+
+    def metric(center, bandwidth):
+        d2 = jnp.sum(bandwidth[None, :] * jnp.square(embeddings - center[None, :]), axis=-1)
+        return jnp.sqrt(d2) if distance == "sqrt" else d2
+
+    def cond(state):
+        k, done = state[0], state[1]
+        return (k < max_instances) & ~done
+
+    def body(state):
+        k, _, labels, best_metric, best_label, _ = state
+        available = fg & (labels < 0)
+        masked_seediness = jnp.where(available, seediness, -jnp.inf)
+        seed = jnp.argmax(masked_seediness)
+        # An empty `available` gives seediness -inf here, which also stops the loop.
+        started = masked_seediness[seed] >= min_seediness
+        m = metric(embeddings[seed], bandwidths[seed])
+        take = started & available
+        labels = jnp.where(take & (jnp.exp(-0.5 * m) > primary_threshold), k, labels)
+        better = (m > best_metric) if farthest else (m < best_metric)
+        update = take & better
+        best_metric = jnp.where(update, m, best_metric)
+        best_label = jnp.where(update, k, best_label)
+        return k + started.astype(jnp.int32), ~started, labels, best_metric, best_label, available
+
+    init = (
+        jnp.int32(0),
+        jnp.bool_(False),
+        jnp.full((n,), -1, jnp.int32),
+        jnp.full((n,), worst, embeddings.dtype),
+        jnp.full((n,), -1, jnp.int32),
+        jnp.zeros((n,), bool),
+    )
+    num_clusters, _, labels, best_metric, best_label, last_available = jax.lax.while_loop(cond, body, init)
+    secondary_take = (num_clusters > 0) & last_available & (jnp.exp(-0.5 * best_metric) > secondary_threshold)
+    return jnp.where(secondary_take, best_label, labels)
+
+
+def cluster_clip(
+    embeddings,
+    bandwidths,
+    seediness,
+    fg,
+    free_dim_bandwidths=(),
+    *,
+    min_seediness: float,
+    primary_threshold: float,
+    secondary_threshold: float,
+    max_instances: int = 20,
+    distance: str = "squared",
+    secondary: str = "nearest",
+) -> jax.Array:
+    """Clusters the foreground pixels of one clip into at most ``max_instances`` instances.
+
+    Args:
+      embeddings: ``[T, h, w, E]`` float embeddings (coordinates, then free dims).
+      bandwidths: ``[T, h, w, V]`` predicted precisions, already ``exp(raw) * 10``.
+      seediness: ``[T, h, w]`` seediness probabilities.
+      fg: ``[T, h, w]`` bool foreground mask; only these pixels are clustered.
+      free_dim_bandwidths: ``[E - V]`` fixed precisions ``1 / std**2`` of the free dims.
+      min_seediness: a seed below this seediness ends the search (``config.inference.min_seediness_prob``).
+      primary_threshold: probability a point needs to join the current cluster.
+      secondary_threshold: probability a leftover point needs to join its nearest/farthest cluster.
+      max_instances: the most clusters per clip (static; 20 officially).
+      distance: ``"squared"`` (``exp(-D2/2)``, default) or ``"sqrt"`` (``exp(-sqrt(D2)/2)``, official).
+      secondary: ``"nearest"`` (default) or ``"farthest"`` (official).
+
+    Returns:
+      ``labels [T, h, w] int32``: -1 for background and outliers, ``0..K-1`` for clusters in seed order.
+    """
+    if distance not in DISTANCES:
+        raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
+    if secondary not in SECONDARY_ASSIGNMENTS:
+        raise ValueError(f"secondary must be one of {SECONDARY_ASSIGNMENTS}, got {secondary!r}")
+    embeddings = jnp.asarray(embeddings, jnp.float32)
+    bandwidths = jnp.asarray(bandwidths, jnp.float32)
+    free = jnp.asarray(np.asarray(free_dim_bandwidths, np.float32).reshape(-1))
+    shape = embeddings.shape[:-1]
+    n_embed, n_var = embeddings.shape[-1], bandwidths.shape[-1]
+    if embeddings.ndim != 4 or bandwidths.shape[:-1] != shape:
+        raise ValueError(f"embeddings [T,h,w,E] and bandwidths [T,h,w,V] disagree: {embeddings.shape} vs "
+                         f"{bandwidths.shape}")
+    if n_var + free.shape[0] != n_embed:
+        raise ValueError(f"bandwidth dims ({n_var}) + free dims ({free.shape[0]}) must equal the embedding dims "
+                         f"({n_embed})")
+    if tuple(seediness.shape) != shape or tuple(fg.shape) != shape:
+        raise ValueError(f"seediness {tuple(seediness.shape)} and fg {tuple(fg.shape)} must have shape {shape}")
+    n = int(np.prod(shape))
+    full_bandwidths = jnp.concatenate(
+        [bandwidths.reshape(n, n_var), jnp.broadcast_to(free[None, :], (n, free.shape[0]))], axis=-1)
+    labels = _cluster_points(
+        embeddings.reshape(n, n_embed),
+        full_bandwidths,
+        jnp.asarray(seediness, jnp.float32).reshape(n),
+        jnp.asarray(fg, bool).reshape(n),
+        jnp.float32(min_seediness),
+        jnp.float32(primary_threshold),
+        jnp.float32(secondary_threshold),
+        max_instances=int(max_instances),
+        distance=distance,
+        secondary=secondary,
+    )
+    return labels.reshape(shape)
+
+
+def clustering_options(config) -> dict:
+    """The keyword arguments of ``cluster_clip`` taken from ``config.inference`` (spec §6.4)."""
+    i = config.inference
+    return dict(
+        min_seediness=float(i.min_seediness_prob),
+        primary_threshold=float(i.primary_prob_threshold),
+        secondary_threshold=float(i.secondary_prob_threshold),
+        max_instances=int(i.max_instances_per_clip),
+        distance=str(i.distance),
+        secondary=str(i.secondary_assignment),
+    )
+
+
+def free_dim_bandwidths(config) -> np.ndarray:
+    """``[n_free]`` fixed precisions ``1 / std**2`` of the free embedding dims (spec §3.3)."""
+    stds = np.asarray(tuple(config.model.free_dim_stds), np.float64)
+    return (1.0 / np.square(stds)).astype(np.float32)
