@@ -141,7 +141,7 @@ def load_sources(config, records_by_dataset: Mapping[str, Sequence[Any]] | None 
     if records_by_dataset is None:
         from stemseg_jax.data import load_dataset  # the readers (D1); imported late to keep this module light
 
-        records_by_dataset = {n: load_dataset(c) for n, c in zip(names, cfgs)}
+        records_by_dataset = {n: load_dataset(c, f"data.datasets.{n}") for n, c in zip(names, cfgs)}
     records = tuple(list(records_by_dataset[n]) for n in names)
     for n, recs in zip(names, records):
         if not recs:
@@ -157,10 +157,10 @@ def load_sources(config, records_by_dataset: Mapping[str, Sequence[Any]] | None 
     return DataSources(names, cfgs, records, record_bucket, buckets)
 
 
-def _video_views(records: Sequence[Any], fmt: str) -> list[sampling.SequenceView]:
+def _video_views(records: Sequence[Any], split: bool) -> list[sampling.SequenceView]:
     views = []
     for i, r in enumerate(records):
-        if fmt in KITTI_FORMATS:
+        if split:
             views.extend(sampling.kitti_split_views(r, i))
         else:
             views.append(sampling.nonempty_frame_view(r, i))
@@ -184,7 +184,8 @@ def build_epoch_plan(config, sources: DataSources, seed: int, epoch: int) -> Epo
             f = np.full((len(r), data.num_frames), -1, np.int64)
         else:
             gap = int(_cfg_get(cfg, "frame_gap", data.frame_gap))
-            r, f = sampling.sample_video_clips(_video_views(recs, cfg.format), quota, data.num_frames, gap, rng)
+            split = bool(_cfg_get(cfg, "split_on_empty_frames", cfg.format in KITTI_FORMATS))
+            r, f = sampling.sample_video_clips(_video_views(recs, split), quota, data.num_frames, gap, rng)
         ds_idx.append(np.full(len(r), d, np.int64))
         rec_idx.append(r)
         frames.append(f)
