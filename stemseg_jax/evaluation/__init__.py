@@ -1,4 +1,34 @@
 """Benchmark metrics (DAVIS J&F, YouTube-VIS AP, KITTI-MOTS sMOTSA/HOTA) and result writers.
 
 Never imports the model: everything works on files and NumPy arrays.
+
+Entry points: ``evaluate_davis``, ``evaluate_ytvis``, ``evaluate_kitti_mots`` (``davis`` / ``ytvis`` /
+``kitti_mots`` modules), ``format_table(result)``, the writers in ``writers`` and the checkers in ``check``.
 """
+
+from stemseg_jax.evaluation.davis import evaluate_davis
+from stemseg_jax.evaluation.kitti_mots import evaluate_kitti_mots
+from stemseg_jax.evaluation.writers import (
+    kitti_mots_postprocess,
+    postprocess_kitti_mots_dir,
+    write_davis_sequence,
+    write_kitti_mots_sequence,
+    write_ytvis_results,
+    ytvis_entry,
+)
+from stemseg_jax.evaluation.ytvis import evaluate_ytvis
+
+
+def format_table(result: dict) -> str:
+    """The official-style table of any ``evaluate_*`` result (dispatch on ``result["benchmark"]``)."""
+    from stemseg_jax.evaluation import davis, kitti_mots, ytvis
+
+    modules = {"davis": davis, "ytvis": ytvis, "kitti_mots": kitti_mots}
+    return modules[result["benchmark"]].format_table(result)
+
+
+__all__ = [
+    "evaluate_davis", "evaluate_kitti_mots", "evaluate_ytvis", "format_table", "kitti_mots_postprocess",
+    "postprocess_kitti_mots_dir", "write_davis_sequence", "write_kitti_mots_sequence", "write_ytvis_results",
+    "ytvis_entry",
+]
