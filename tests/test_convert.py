@@ -157,11 +157,24 @@ def test_heads_parity_real_channels():
 
 
 def _save_official(tmp_path, name: str, state: dict, wrap: bool) -> str:
-    """Writes a .pth like the released files: ``{"model": state_dict, ...}`` or a bare state dict."""
+    """Writes a .pth like the released files.
+
+    ``wrap``: the official trainer's session dict (legacy, non-zip serialisation, with optimizer,
+    scheduler and logger state beside ``"model"``); otherwise a bare state dict (the backbone file).
+    """
     tensors = {k: torch.from_numpy(v) for k, v in state.items()}
-    obj = {"model": tensors, "iterations": 3, "optimizer": {"state": {}, "param_groups": []}} if wrap else tensors
     path = str(tmp_path / name)
-    torch.save(obj, path)
+    if not wrap:
+        torch.save(tensors, path)
+        return path
+    session = {
+        "model": tensors,
+        "optimizer": {"state": {0: {"momentum_buffer": torch.zeros(3)}}, "param_groups": [{"lr": 1e-3, "params": [0]}]},
+        "lr_scheduler": {"base_lrs": [1e-3], "last_epoch": 3},
+        "logger": {"total_iterations": 10, "_TrainingLogger__train_start_time": 1.5, "_TrainingLogger__x": None},
+        "iterations": 3,
+    }
+    torch.save(session, path, _use_new_zipfile_serialization=False)
     return path
 
 

@@ -36,6 +36,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if os.path.exists(args.output) and not args.overwrite:  # fail before the (slow) conversion
+        print(f"error: output {args.output} already exists; pass --overwrite to replace it", file=sys.stderr)
+        return 1
     config = load_config_file(args.config)
     try:
         variables = convert_official_checkpoint(
