@@ -64,7 +64,7 @@ def image_size(path: str) -> tuple[int, int]:
     return h, w
 
 
-def expand_path(value: str, field: str) -> str:
+def expand_vars(value: str, field: str) -> str:
     """Expands ``$VARS`` and ``~`` in a configured path; an unset variable is a clear error naming ``field``."""
     missing = [
         name or braced
@@ -73,7 +73,12 @@ def expand_path(value: str, field: str) -> str:
     ]
     if missing:
         raise ValueError(f"config field {field}={value!r}: environment variable(s) {missing} not set")
-    return os.path.abspath(os.path.expanduser(os.path.expandvars(value)))
+    return os.path.expanduser(os.path.expandvars(value))
+
+
+def expand_path(value: str, field: str) -> str:
+    """``expand_vars`` made absolute (relative to the working directory)."""
+    return os.path.abspath(expand_vars(value, field))
 
 
 # ---------------------------------------------------------------------------------------------- RLE
@@ -110,6 +115,12 @@ def decode_segmentation(segm: Any, height: int, width: int, where: str) -> np.nd
         raise ValueError(f"{where}: unsupported segmentation type {type(segm).__name__}")
     if isinstance(rle.get("counts"), str):
         rle = {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
+    if isinstance(rle.get("counts"), bytes):
+        # pycocotools neither bounds-checks nor validates compressed counts: a mask of another size
+        # decodes into a silently wrong mask, so the run total is checked here.
+        total = compressed_rle_total(rle["counts"])
+        if total != height * width:
+            raise ValueError(f"{where}: RLE covers {total} pixels but the frame has {height}x{width}={height * width}")
     try:
         m = mask_utils.decode(rle)
     except Exception as e:  # pycocotools raises bare exceptions on malformed counts
@@ -117,6 +128,34 @@ def decode_segmentation(segm: Any, height: int, width: int, where: str) -> np.nd
     if m.shape != (height, width):
         raise ValueError(f"{where}: decoded mask is {m.shape}, frame is {(height, width)}")
     return m.astype(bool)
+
+
+def compressed_rle_total(counts: bytes) -> int:
+    """Sum of the run lengths of a compressed COCO RLE string (the format of pycocotools' ``rleToString``).
+
+    Each run is a little-endian base-32 varint (6-bit chars offset by 48, bit 5 = continue, bit 4 of
+    the last char = sign) and runs after the second are stored as differences to the run two back.
+    """
+    runs: list[int] = []
+    p, n = 0, len(counts)
+    while p < n:
+        x, k, more = 0, 0, True
+        while more:
+            if p >= n:
+                raise ValueError("truncated RLE counts string")
+            c = counts[p] - 48
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and (c & 0x10):
+                x |= -1 << (5 * k)
+        if len(runs) > 2:
+            x += runs[-2]
+        runs.append(x)
+    if any(r < 0 for r in runs):
+        raise ValueError("negative run length in RLE counts string")
+    return sum(runs)
 
 
 def encode_rle(mask: np.ndarray) -> dict:
