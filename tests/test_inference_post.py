@@ -172,6 +172,9 @@ def test_cluster_matches_reference_on_random_clips(distance, secondary):
             want = reference_clusterer(emb[fg], bw[fg], seed[fg], free_bw, **opts)
             assert (got[~fg] == -1).all()
             np.testing.assert_array_equal(got[fg], want, err_msg=f"trial {trial}, max_instances {max_instances}")
+            if max_instances == 20:
+                compacted = np.asarray(cluster_clip(emb, bw, seed, fg, free_bw, **opts, compact=True))
+                np.testing.assert_array_equal(compacted, got)
             primary_only = reference_clusterer(emb[fg], bw[fg], seed[fg], free_bw, **{**opts, "secondary_threshold": 2})
             checked_secondary += int((primary_only != want).sum())
     assert checked_secondary > 0  # the random clips do exercise the secondary assignment
@@ -186,6 +189,7 @@ def test_cluster_ignores_background_and_rejects_bad_shapes():
     np.testing.assert_array_equal(a, b)
     none = np.asarray(cluster_clip(emb, bw, seed, np.zeros_like(fg), **OFFICIAL))
     assert (none == -1).all()
+    assert (np.asarray(cluster_clip(emb, bw, seed, np.zeros_like(fg), **OFFICIAL, compact=True)) == -1).all()
     with pytest.raises(ValueError, match="free dims"):
         cluster_clip(emb, bw[..., :2], seed, fg, **OFFICIAL)
     with pytest.raises(ValueError, match="distance"):
@@ -414,15 +418,17 @@ def test_kitti_selection_votes_and_ids():
     classes[:, :2, :2] = 2  # track 0: all pedestrian
     classes[0, 4:8, 0:4] = 1  # track 1: 16 car, 16 pedestrian, 32 background in frame 0, 32 bg in frame 1 -> tie
     classes[0, 4:8, 4:8] = 2
-    classes[:, 0, 4] = 0  # track 2: background only -> car by default
+    classes[:, 0, 4] = 2  # track 2: pedestrian
     selection = select_tracks_kitti(linked, classes)
     assert selection.track_ids == [1, 0, 2]  # by pixel count [1, 0, 2], then lifetime ascending (stable)
-    assert selection.class_ids == [1, 2, 1]
+    assert selection.class_ids == [1, 2, 2]
     top2 = select_tracks_kitti(linked, classes, max_tracks=2)
-    assert top2.track_ids == [1, 0]
+    assert top2.track_ids == [1, 0] and top2.class_ids == [1, 2]  # the dropped track's votes go nowhere
+    classes[:, 0, 4] = 0
+    assert select_tracks_kitti(linked, classes).class_ids == [1, 2, 1]  # no votes at all -> car
     dets = list(kitti_detections(linked, selection, **IDENTITY))
-    assert [(f, i, c) for f, i, c, _ in dets] == [(0, 1, 1), (0, 2, 2), (0, 3, 1), (1, 1, 1), (1, 2, 2),
-                                                  (2, 2, 2), (2, 3, 1)]
+    assert [(f, i, c) for f, i, c, _ in dets] == [(0, 1, 1), (0, 2, 2), (0, 3, 2), (1, 1, 1), (1, 2, 2),
+                                                  (2, 2, 2), (2, 3, 2)]
     np.testing.assert_array_equal(decode(dets[0][3]), maps[0] == 1)
 
 

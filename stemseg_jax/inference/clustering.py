@@ -31,6 +31,7 @@ import numpy as np
 
 DISTANCES = ("squared", "sqrt")
 SECONDARY_ASSIGNMENTS = ("nearest", "farthest")
+_MIN_COMPACT_SIZE = 1024  # smaller foregrounds share one compilation
 
 
 @functools.partial(jax.jit, static_argnames=("max_instances", "distance", "secondary"))
@@ -83,6 +84,22 @@ def _cluster_points(embeddings, bandwidths, seediness, fg, min_seediness, primar
     return jnp.where(secondary_take, best_label, labels)
 
 
+@functools.partial(jax.jit, static_argnames=("size", "max_instances", "distance", "secondary"))
+def _cluster_compacted(embeddings, bandwidths, seediness, fg, min_seediness, primary_threshold, secondary_threshold, *,
+                       size, max_instances, distance, secondary):
+    """``_cluster_points`` on the foreground points gathered into a buffer of ``size`` (>= their count)."""
+    n = embeddings.shape[0]
+    # Padding slots point past the end: gathers clamp them, the final scatter drops them. The gather
+    # keeps the points' order, so seed ties still go to the first point, as without compaction.
+    idx = jnp.nonzero(fg, size=size, fill_value=n)[0]
+    valid = idx < n
+    labels = _cluster_points(
+        jnp.take(embeddings, idx, axis=0, mode="clip"), jnp.take(bandwidths, idx, axis=0, mode="clip"),
+        jnp.take(seediness, idx, mode="clip"), valid, min_seediness, primary_threshold, secondary_threshold,
+        max_instances=max_instances, distance=distance, secondary=secondary)
+    return jnp.full((n,), -1, jnp.int32).at[idx].set(labels, mode="drop")
+
+
 def cluster_clip(
     embeddings,
     bandwidths,
@@ -96,6 +113,7 @@ def cluster_clip(
     max_instances: int = 20,
     distance: str = "squared",
     secondary: str = "nearest",
+    compact: bool = False,
 ) -> jax.Array:
     """Clusters the foreground pixels of one clip into at most ``max_instances`` instances.
 
@@ -111,6 +129,9 @@ def cluster_clip(
       max_instances: the most clusters per clip (static; 20 officially).
       distance: ``"squared"`` (``exp(-D2/2)``, default) or ``"sqrt"`` (``exp(-sqrt(D2)/2)``, official).
       secondary: ``"nearest"`` (default) or ``"farthest"`` (official).
+      compact: gather the foreground points into a buffer whose size is the next power of two of their
+        count (one host sync for the count, one compilation per size) instead of masking every pixel.
+        Same labels; about 3x faster with 10% foreground on CPU.
 
     Returns:
       ``labels [T, h, w] int32``: -1 for background and outliers, ``0..K-1`` for clusters in seed order.
@@ -135,19 +156,24 @@ def cluster_clip(
     n = int(np.prod(shape))
     full_bandwidths = jnp.concatenate(
         [bandwidths.reshape(n, n_var), jnp.broadcast_to(free[None, :], (n, free.shape[0]))], axis=-1)
-    labels = _cluster_points(
+    fg = jnp.asarray(fg, bool).reshape(n)
+    args = (
         embeddings.reshape(n, n_embed),
         full_bandwidths,
         jnp.asarray(seediness, jnp.float32).reshape(n),
-        jnp.asarray(fg, bool).reshape(n),
+        fg,
         jnp.float32(min_seediness),
         jnp.float32(primary_threshold),
         jnp.float32(secondary_threshold),
-        max_instances=int(max_instances),
-        distance=distance,
-        secondary=secondary,
     )
-    return labels.reshape(shape)
+    options = dict(max_instances=int(max_instances), distance=distance, secondary=secondary)
+    if compact:
+        count = int(jnp.sum(fg))
+        if count == 0:
+            return jnp.full(shape, -1, jnp.int32)
+        size = min(n, max(_MIN_COMPACT_SIZE, 1 << (count - 1).bit_length()))
+        return _cluster_compacted(*args, size=size, **options).reshape(shape)
+    return _cluster_points(*args, **options).reshape(shape)
 
 
 def clustering_options(config) -> dict:

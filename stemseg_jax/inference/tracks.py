@@ -13,7 +13,8 @@ video never holds all its full-resolution masks at once.
 The mask chain (``masks_to_original``) follows the official output code: binary mask at the clustering
 resolution -> bilinear x``scale`` (half-pixel, ``F.interpolate(align_corners=False)``) -> crop the
 bottom/right padding to the resized image dims -> bilinear resize to the original size -> ``> 0.5``.
-OpenCV's INTER_LINEAR has the same half-pixel sampling and, like PyTorch, does not antialias.
+OpenCV's INTER_LINEAR would do each step but is slow on many channels, so the linear part of the chain
+is folded into one sparse matrix per axis (checked against PyTorch's ``F.interpolate`` in the tests).
 """
 
 from __future__ import annotations
@@ -21,33 +22,41 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator, Sequence
 
-import cv2
 import numpy as np
+import scipy.sparse
 from pycocotools import mask as mask_utils
 
 from stemseg_jax.inference.linking import LinkedTracks
 
-# cv2.resize handles at most 512 channels per call.
-_CV_MAX_CHANNELS = 256
 KITTI_CAR, KITTI_PEDESTRIAN = 1, 2
 KITTI_OVERLAP_RULES = ("latest_track", "longest_lifetime")
 
 
-def _resize_stack(masks: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Bilinear half-pixel resize of ``[K, h, w]`` float32 to ``[K, height, width]``."""
-    if masks.shape[1:] == (height, width):
-        return masks
-    out = np.empty((masks.shape[0], height, width), np.float32)
-    for start in range(0, masks.shape[0], _CV_MAX_CHANNELS):
-        chunk = np.ascontiguousarray(masks[start:start + _CV_MAX_CHANNELS].transpose(1, 2, 0))
-        resized = cv2.resize(chunk, (width, height), interpolation=cv2.INTER_LINEAR)
-        out[start:start + _CV_MAX_CHANNELS] = resized.reshape(height, width, -1).transpose(2, 0, 1)
-    return out
+def _bilinear_matrix(n_out: int, n_in: int) -> scipy.sparse.csr_matrix:
+    """``[n_out, n_in]`` half-pixel bilinear resampling (``F.interpolate(align_corners=False)``, no antialias)."""
+    src = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0)
+    lo = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    hi = np.minimum(lo + 1, n_in - 1)
+    frac = src - lo
+    rows = np.concatenate([np.arange(n_out), np.arange(n_out)])
+    weights = np.concatenate([1.0 - frac, frac])
+    return scipy.sparse.csr_matrix((weights, (rows, np.concatenate([lo, hi]))), shape=(n_out, n_in))
+
+
+def _chain_matrix(n_low: int, scale: int, n_resized: int, n_original: int) -> scipy.sparse.csr_matrix:
+    """One axis of the mask chain as a matrix ``[n_original, n_low]``: x``scale``, crop, resize."""
+    upsample = _bilinear_matrix(n_low * scale, n_low)[:n_resized]
+    return (_bilinear_matrix(n_original, n_resized) @ upsample).astype(np.float32).tocsr()
 
 
 def masks_to_original(masks, *, scale: int, resized_hw: tuple[int, int],
                       original_hw: tuple[int, int]) -> np.ndarray:
     """Brings binary masks from the clustering resolution to the original image (spec §6.6).
+
+    The chain (bilinear x``scale``, crop the padding, bilinear resize, ``> 0.5``) is linear and separable
+    up to the threshold, so each axis is one sparse matrix and a frame costs two sparse products instead
+    of resizing ``K`` full-resolution float maps twice. Values that the official float32 chain puts
+    within rounding of 0.5 may threshold differently.
 
     Args:
       masks: ``[K, h, w]`` bool, at the padded network input resolution divided by ``scale``.
@@ -62,13 +71,16 @@ def masks_to_original(masks, *, scale: int, resized_hw: tuple[int, int],
     if masks.ndim != 3:
         raise ValueError(f"masks must be [K, h, w], got shape {masks.shape}")
     k, h, w = masks.shape
-    rh, rw = (int(v) for v in resized_hw)
+    (rh, rw), (oh, ow) = (tuple(int(v) for v in resized_hw), tuple(int(v) for v in original_hw))
     if h * scale < rh or w * scale < rw:
         raise ValueError(f"masks of {h}x{w} upsampled x{scale} are smaller than the resized input {rh}x{rw}")
     if k == 0:
-        return np.zeros((0, *original_hw), bool)
-    up = _resize_stack(masks.astype(np.float32), h * scale, w * scale)[:, :rh, :rw]
-    return _resize_stack(up, int(original_hw[0]), int(original_hw[1])) > 0.5
+        return np.zeros((0, oh, ow), bool)
+    rows, cols = _chain_matrix(h, scale, rh, oh), _chain_matrix(w, scale, rw, ow)
+    x = np.asarray(masks.reshape(k * h, w).astype(np.float32) @ cols.T)  # [K*h, W]
+    x = x.reshape(k, h, ow).transpose(1, 0, 2).reshape(h, k * ow)
+    x = np.asarray(rows @ x)  # [H, K*W]
+    return (x > 0.5).reshape(oh, k, ow).transpose(1, 0, 2)
 
 
 def _encode(masks: np.ndarray) -> list[dict]:
@@ -196,14 +208,14 @@ def select_tracks_kitti(linked: LinkedTracks, class_maps, *, max_tracks: int = 1
     kept = _ranked(linked.lifetimes, by_size, descending=False)
     votes = np.zeros((len(kept), 3), np.int64)
     if kept:
-        index = np.full(max(kept) + 2, -1, np.int64)
+        index = np.full(max(linked.order) + 2, -1, np.int64)  # linked id + 1 -> kept position, -1 if dropped
         index[np.asarray(kept) + 1] = np.arange(len(kept))
         for t in range(linked.num_frames):
             classes = np.asarray(class_maps[t])
             if classes.shape != linked.label_maps[t].shape:
                 raise ValueError(f"frame {t}: class map {classes.shape} does not match the label map "
                                  f"{linked.label_maps[t].shape}")
-            track_index = index[np.clip(linked.label_maps[t], -1, len(index) - 2) + 1]
+            track_index = index[linked.label_maps[t] + 1]
             sel = (track_index >= 0) & (classes >= 1) & (classes <= 2)
             np.add.at(votes, (track_index[sel], classes[sel]), 1)
     class_ids = [KITTI_PEDESTRIAN if v[KITTI_PEDESTRIAN] > v[KITTI_CAR] else KITTI_CAR for v in votes]
@@ -223,16 +235,21 @@ def kitti_detections(linked: LinkedTracks, selection: KittiTracks, *, scale: int
     if overlap not in KITTI_OVERLAP_RULES:
         raise ValueError(f"overlap must be one of {KITTI_OVERLAP_RULES}, got {overlap!r}")
     chain = dict(scale=scale, resized_hw=resized_hw, original_hw=tuple(int(v) for v in original_hw))
-    kept = selection.track_ids
+    kept = np.asarray(selection.track_ids, np.int64)
+    if not len(kept):
+        return
     # Priority per kept track: the larger value wins a contested pixel.
-    priority = np.asarray(kept if overlap == "latest_track" else range(len(kept)), np.int64)
-    ids = np.asarray(kept, np.int64)
+    priority = kept if overlap == "latest_track" else np.arange(len(kept))
+    position = np.full(int(max(kept.max(), max(linked.order, default=0))) + 2, -1, np.int64)
+    position[kept + 1] = np.arange(len(kept))
     for t in range(linked.num_frames):
-        low = linked.label_maps[t][None] == ids[:, None, None]
-        active = np.flatnonzero(low.any(axis=(1, 2)))
+        label_map = linked.label_maps[t]
+        present = position[np.unique(label_map[label_map >= 0]) + 1]
+        active = np.sort(present[present >= 0])
         if not len(active):
             continue
-        owned = resolve_overlaps(masks_to_original(low[active], **chain), priority[active])
+        low = label_map[None] == kept[active][:, None, None]
+        owned = resolve_overlaps(masks_to_original(low, **chain), priority[active])
         for i, rle in zip(active, _encode(owned)):
             yield t, int(i) + 1, selection.class_ids[i], rle
 
@@ -244,5 +261,12 @@ def resolve_overlaps(masks: np.ndarray, priority: np.ndarray) -> np.ndarray:
     per pixel, so two of them exceed 0.5 together only through rounding; the rule rarely acts.
     """
     masks = np.asarray(masks, bool)
-    winner = np.argmax(np.where(masks, np.asarray(priority, np.int64)[:, None, None], -1), axis=0)
-    return (winner[None] == np.arange(masks.shape[0])[:, None, None]) & masks.any(axis=0)[None]
+    contested = np.add.reduce(masks, axis=0, dtype=np.int32) > 1
+    if not contested.any():
+        return masks
+    ys, xs = np.nonzero(contested)
+    claims = np.where(masks[:, ys, xs], np.asarray(priority, np.int64)[:, None], -1)
+    masks = masks.copy()
+    masks[:, ys, xs] = False
+    masks[np.argmax(claims, axis=0), ys, xs] = True
+    return masks
