@@ -1,0 +1,223 @@
+"""The training loop: data-parallel SGD over a device mesh, orbax checkpoints, logging (spec §5.1).
+
+Batching follows the official trainer: ``train.batch_size`` clips per optimizer step (2), processed
+one clip per device; with fewer devices than clips the step accumulates gradients over
+``batch_size / num_devices`` micro-batches. The loss of a micro-batch is the mean of its clips'
+individually normalised losses, so the update is the same however the clips are spread.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Iterator
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from flax import traverse_util
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from stemseg_jax.losses import prepare_targets, stemseg_loss
+from stemseg_jax.model import build_model, trainable_mask
+from stemseg_jax.train.optim import build_optimizer, learning_rate_schedule
+
+log = logging.getLogger(__name__)
+
+BATCH_KEYS = ("images", "masks", "instance_valid", "category_ids", "ignore")
+
+
+def make_mesh(devices=None) -> Mesh:
+    devices = np.asarray(devices if devices is not None else jax.devices())
+    return Mesh(devices.reshape(-1), ("data",))
+
+
+def init_state(config: ml_collections.ConfigDict, images: np.ndarray, key: jax.Array) -> dict:
+    """Creates the train state ``{step, params, opt_state, constants}`` for clips shaped like ``images``.
+
+    ``constants`` holds the non-trained collections (``frozen_bn``, ``buffers``). Without an
+    initial checkpoint the frozen BatchNorm statistics are calibrated on ``images`` (see
+    ``FrozenBatchNorm``); with ``train.init_checkpoint`` the variables found there replace the fresh ones.
+    """
+    images = jnp.asarray(images[:1])
+    model = build_model(config)
+    variables = jax.jit(model.init)(key, images)
+    if config.train.init_checkpoint:
+        variables = _merge_init_checkpoint(variables, config.train.init_checkpoint, config.train.init_backbone_only)
+    else:
+        calibrating = build_model(config, calibrate_bn=True)
+        _, updated = jax.jit(lambda v, x: calibrating.apply(v, x, mutable=["frozen_bn"]))(variables, images)
+        variables = {**variables, **updated}
+    params = variables["params"]
+    optimizer = build_optimizer(config.train, trainable_mask(params, config))
+    constants = {k: v for k, v in variables.items() if k != "params"}
+    step = jnp.zeros((), jnp.int32)
+    return {"step": step, "params": params, "opt_state": optimizer.init(params), "constants": constants}
+
+
+def _merge_init_checkpoint(variables: dict, path: str, backbone_only: bool) -> dict:
+    """Overwrites ``variables`` with the tensors stored at ``path`` (an orbax checkpoint of variables or
+    of a train state). Shapes must agree; names present on only one side are reported."""
+    path = os.path.abspath(os.path.expandvars(path))
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"train.init_checkpoint: {path} does not exist")
+    restored = ocp.StandardCheckpointer().restore(path)
+    if "constants" in restored:  # a train state (e.g. stage 1): take its variables
+        restored = {"params": restored["params"], **restored["constants"]}
+    ours = traverse_util.flatten_dict(variables)
+    theirs = traverse_util.flatten_dict(restored)
+    if backbone_only:
+        theirs = {k: v for k, v in theirs.items() if len(k) > 1 and k[1] == "backbone"}
+    missing = [k for k in theirs if k not in ours]
+    if missing:
+        raise ValueError(f"{path}: tensors not in the model: {['/'.join(k) for k in missing[:10]]}")
+    for k, v in theirs.items():
+        if tuple(ours[k].shape) != tuple(np.shape(v)):
+            raise ValueError(f"{path}: {'/'.join(k)} has shape {np.shape(v)}, the model expects {ours[k].shape}")
+        ours[k] = jnp.asarray(v, ours[k].dtype)
+    log.info("initialised %d of %d tensors from %s", len(theirs), len(ours), path)
+    return traverse_util.unflatten_dict(ours)
+
+
+def make_train_step(config: ml_collections.ConfigDict, mesh: Mesh):
+    """Returns ``step(state, batch) -> (state, metrics)``, jit-compiled over ``mesh``.
+
+    ``batch`` arrays are ``[A, D, ...]``: A accumulation micro-batches of D clips, one per device.
+    """
+    model = build_model(config)
+    schedule = learning_rate_schedule(config.train)
+
+    def loss_fn(params, constants, micro):
+        outputs = model.apply({"params": params, **constants}, micro["images"])
+        targets = prepare_targets(micro, outputs["embeddings"].shape[2:4])
+        return stemseg_loss(outputs, targets, config)
+
+    def step(state, batch):
+        optimizer = build_optimizer(config.train, trainable_mask(state["params"], config))
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+        def accumulate(carry, micro):
+            (total, terms), grads = grad_fn(state["params"], state["constants"], micro)
+            carry_grads, carry_terms = carry
+            carry_grads = jax.tree_util.tree_map(jnp.add, carry_grads, grads)
+            carry_terms = jax.tree_util.tree_map(jnp.add, carry_terms, {**terms, "loss": total})
+            return (carry_grads, carry_terms), None
+
+        zeros = jax.tree_util.tree_map(jnp.zeros_like, state["params"])
+        first = jax.tree_util.tree_map(lambda x: x[0], batch)
+        term_shapes = jax.eval_shape(lambda: loss_fn(state["params"], state["constants"], first))
+        zero_terms = {k: jnp.zeros((), jnp.float32) for k in [*term_shapes[1], "loss"]}
+        (grads, terms), _ = jax.lax.scan(accumulate, (zeros, zero_terms), batch)
+        n = batch["images"].shape[0]
+        grads = jax.tree_util.tree_map(lambda g: g / n, grads)
+        terms = {k: v / n for k, v in terms.items()}
+        updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        metrics = {**terms, "lr": schedule(state["step"]), "grad_norm": optax.global_norm(grads)}
+        new_state = {**state, "step": state["step"] + 1, "params": params, "opt_state": opt_state}
+        return new_state, metrics
+
+    replicated = NamedSharding(mesh, P())
+    return jax.jit(step, out_shardings=(replicated, replicated), donate_argnums=(0,))
+
+
+def shard_batch(batch: dict, mesh: Mesh) -> dict:
+    """Host batch ``[B, ...]`` (this process's clips) -> global arrays ``[A, D, ...]`` sharded over D."""
+    n_dev = mesh.devices.size
+    sharding = NamedSharding(mesh, P(None, "data"))
+    out = {}
+    for k in BATCH_KEYS:
+        x = np.asarray(batch[k])
+        local_dev = len(mesh.local_devices)
+        if x.shape[0] % local_dev:
+            raise ValueError(f"batch of {x.shape[0]} clips cannot be split over {local_dev} local devices")
+        x = x.reshape((x.shape[0] // local_dev, local_dev) + x.shape[1:])
+        global_shape = (x.shape[0], n_dev) + x.shape[2:]
+        out[k] = jax.make_array_from_process_local_data(sharding, x, global_shape)
+    return out
+
+
+def checkpoint_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=int(config.train.keep_checkpoints),
+        save_interval_steps=int(config.train.checkpoint_every),
+        create=True,
+    )
+    return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"), options=options)
+
+
+def train(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    batches: Iterator[dict] | None = None,
+    stop_after: int | None = None,
+    devices=None,
+    progress: bool = True,
+) -> dict:
+    """Trains ``config`` in ``workdir``, resuming from the newest checkpoint found there.
+
+    Args:
+      batches: optional factory override for tests; by default ``stemseg_jax.data.build_train_iterator``.
+      stop_after: end this run after this many optimizer steps (the run can be resumed later).
+    Returns the final train state (on the host).
+    """
+    from stemseg_jax import data  # imported here so that the model/loss modules stay importable without data deps
+    from stemseg_jax.train.progress import TrainLogger
+
+    if config.train.distributed:
+        jax.distributed.initialize()
+    mesh = make_mesh(devices)
+    n_dev = mesh.devices.size
+    if config.train.batch_size % n_dev:
+        raise ValueError(f"train.batch_size={config.train.batch_size} is not a multiple of the {n_dev} devices")
+    os.makedirs(workdir, exist_ok=True)
+    manager = checkpoint_manager(workdir, config)
+    start = manager.latest_step() or 0
+    num_steps = int(config.train.num_steps)
+    if batches is None:
+        batches = data.build_train_iterator(
+            config, seed=int(config.seed), start_step=start,
+            shard_index=jax.process_index(), shard_count=jax.process_count(),
+        )
+    first = next(batches)
+    state = init_state(config, first["images"], jax.random.PRNGKey(int(config.seed)))
+    if start:
+        abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state)
+        state = manager.restore(start, args=ocp.args.StandardRestore(abstract))
+        log.info("resumed from %s at step %d", manager.directory, start)
+    replicated = NamedSharding(mesh, P())
+    state = jax.device_put(state, replicated)
+    train_step = make_train_step(config, mesh)
+    end = num_steps if stop_after is None else min(num_steps, start + stop_after)
+    logger = TrainLogger(config, workdir, start=start, total=num_steps, enabled=progress and jax.process_index() == 0)
+    batch = first
+    step = start
+    try:
+        while step < end:
+            t0 = time.perf_counter()
+            state, metrics = train_step(state, shard_batch(batch, mesh))
+            metrics = jax.device_get(metrics)
+            step += 1
+            if not math.isfinite(float(metrics["loss"])):
+                ids = [str(c) for c in np.asarray(batch.get("clip_ids", []))]
+                raise FloatingPointError(
+                    f"non-finite loss {float(metrics['loss'])} at step {step} "
+                    f"(terms: { {k: float(v) for k, v in metrics.items()} }); clips of this batch: {ids}"
+                )
+            logger.log_step(step, metrics, time.perf_counter() - t0)
+            if config.train.image_summary_every and step % int(config.train.image_summary_every) == 0:
+                logger.log_images(step, state, batch)
+            manager.save(step, args=ocp.args.StandardSave(state), force=step == end)
+            if step < end:
+                batch = next(batches)
+    finally:
+        manager.wait_until_finished()
+        logger.close()
+    return jax.device_get(state)
