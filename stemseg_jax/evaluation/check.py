@@ -119,9 +119,9 @@ def check_kitti_mots(gt_root: str, results_dir: str, sequences=None, seqmap: str
     lengths = kitti_mots.sequence_lengths(gt_root, sequences, seqmap)
     for seq, last in lengths.items():
         path = os.path.join(results_dir, f"{seq}.txt")
-        img_dir = os.path.join(gt_root, "image_02", seq)
+        img_dir = kitti_mots._image_dir(gt_root, seq)
         sizes = None
-        if os.path.isdir(img_dir):
+        if img_dir is not None:
             first = sorted(os.listdir(img_dir))[0]
             with Image.open(os.path.join(img_dir, first)) as im:
                 size = (im.size[1], im.size[0])

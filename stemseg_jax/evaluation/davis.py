@@ -290,15 +290,23 @@ def evaluate_davis(
     Returns:
       ``{"benchmark": "davis", "global": {J&F-Mean, J-Mean, J-Recall, J-Decay, F-Mean, F-Recall, F-Decay},
       "per_object": [{"sequence", "object" (GT id), "label" (the toolkit's <seq>_<k>), "proposal",
-      J-Mean, F-Mean, J&F-Mean, J-Recall, J-Decay, F-Recall, F-Decay}], "sequences", "seconds"}``.
+      J-Mean, F-Mean, J&F-Mean, J-Recall, J-Decay, F-Recall, F-Decay}], "sequences", "num_frames",
+      "timings" (seconds per stage), "seconds"}``.
     """
     start = time.perf_counter()
     seqs = list(sequences) if sequences is not None else list_sequences(gt_root, split)
     rows = []
+    timings = {"read_png": 0.0, "j_and_f": 0.0}
+    n_frames = 0
     for seq in seqs:
+        t0 = time.perf_counter()
         names, gt_maps = load_gt_sequence(gt_root, seq)
         res_maps = load_result_sequence(results_dir, seq, names, gt_maps.shape[1:])
+        t1 = time.perf_counter()
         out = evaluate_sequence(gt_maps, res_maps, bound_th, where=os.path.join(results_dir, seq))
+        timings["read_png"] += t1 - t0
+        timings["j_and_f"] += time.perf_counter() - t1
+        n_frames += len(names)
         for k, (j, f, (proposal, obj)) in enumerate(zip(out["J"], out["F"], out["pairs"])):
             jm, jr, jd = db_statistics(j, decay_mode)
             fm, fr, fd = db_statistics(f, decay_mode)
@@ -316,8 +324,8 @@ def evaluate_davis(
     glob = {k: mean(k) for k in ("J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay")}
     glob = {"J&F-Mean": (glob["J-Mean"] + glob["F-Mean"]) / 2, **glob}
     return {
-        "benchmark": "davis", "global": glob, "per_object": rows, "sequences": seqs,
-        "seconds": time.perf_counter() - start,
+        "benchmark": "davis", "global": glob, "per_object": rows, "sequences": seqs, "num_frames": n_frames,
+        "timings": timings, "seconds": time.perf_counter() - start,
     }
 
 

@@ -88,13 +88,22 @@ def read_seqmap(path: str) -> dict[str, int]:
     return out
 
 
+def _image_dir(gt_root: str, seq: str) -> str | None:
+    """``image_02/<seq>`` or ``training/image_02/<seq>`` (the KITTI layout) if present."""
+    for sub in ("image_02", os.path.join("training", "image_02")):
+        path = os.path.join(gt_root, sub, seq)
+        if os.path.isdir(path):
+            return path
+    return None
+
+
 def _gt_dir(gt_root: str) -> str:
     sub = os.path.join(gt_root, "instances_txt")
     return sub if os.path.isdir(sub) else gt_root
 
 
 def sequence_lengths(gt_root: str, sequences=None, seqmap: str | None = None) -> dict[str, int]:
-    """``{seq: last_frame}``: from ``seqmap``; else from the frame count of ``image_02/<seq>`` (KITTI layout);
+    """``{seq: last_frame}``: from ``seqmap``; else the frame count of ``[training/]image_02/<seq>`` (KITTI);
     else the last GT frame (frames after the last annotated one then go unevaluated)."""
     gt_dir = _gt_dir(gt_root)
     if seqmap is not None:
@@ -110,8 +119,8 @@ def sequence_lengths(gt_root: str, sequences=None, seqmap: str | None = None) ->
             raise FileNotFoundError(f"no KITTI-MOTS GT files (<seq>.txt) in {gt_dir}")
     out = {}
     for s in sequences:
-        img_dir = os.path.join(gt_root, "image_02", s)
-        if os.path.isdir(img_dir):
+        img_dir = _image_dir(gt_root, s)
+        if img_dir is not None:
             out[s] = len([n for n in os.listdir(img_dir) if n.lower().endswith((".png", ".jpg"))]) - 1
         else:
             frames = load_txt(os.path.join(gt_dir, f"{s}.txt"), (KITTI_CAR, KITTI_PEDESTRIAN, KITTI_IGNORE))
@@ -263,7 +272,8 @@ def evaluate_kitti_mots(gt_root: str, results_dir: str, sequences=None, seqmap: 
       ``{"benchmark": "kitti_mots", "classes": {cls: {"mots_tools": {sMOTSA, MOTSA, MOTSP, MODSA, MODSP,
       MOTSAL, recall, precision, F1, FAR, MT, PT, ML, tp, fp, fn, id_switches, fragments, n_gt, ...},
       "trackeval": {HOTA, DetA, AssA, DetRe, DetPr, AssRe, AssPr, LocA, IDF1, IDR, IDP, MOTA, sMOTA, ...}}},
-      "per_sequence": {seq: {cls: mots_tools metrics}}, "sequences", "seconds"}``. Ratios in [0, 1]; the HOTA
+      "per_sequence": {seq: {cls: mots_tools metrics}}, "sequences", "num_frames", "timings" (seconds per
+      stage), "seconds"}``. Ratios in [0, 1]; the HOTA
       family is the mean over the 19 alpha thresholds.
     """
     start = time.perf_counter()
@@ -272,17 +282,26 @@ def evaluate_kitti_mots(gt_root: str, results_dir: str, sequences=None, seqmap: 
     metrics = _trackeval_metrics()
     per_seq_counts = {cls: {} for cls in CLASSES}
     te_res = {cls: {name: {} for name in metrics} for cls in CLASSES}
+    timings = defaultdict(float)
     for seq, last in lengths.items():
+        t0 = time.perf_counter()
         sizes = {}
         gt = load_txt(os.path.join(gt_dir, f"{seq}.txt"), (KITTI_CAR, KITTI_PEDESTRIAN, KITTI_IGNORE), size=sizes)
         res_path = _result_file(results_dir, seq)
         res = load_txt(res_path, (KITTI_CAR, KITTI_PEDESTRIAN), max_frame=last, size=sizes)
+        timings["load_and_validate"] += time.perf_counter() - t0
         for cls, class_id in CLASSES.items():
+            t0 = time.perf_counter()
             frames = list(_sequence_frames(gt, res, last, class_id))
+            t1 = time.perf_counter()
             per_seq_counts[cls][seq] = mots_tools_sequence(frames)
+            t2 = time.perf_counter()
             data = trackeval_sequence_data(frames)
             for name, metric in metrics.items():
                 te_res[cls][name][seq] = metric.eval_sequence(data)
+            timings["mask_iou"] += t1 - t0
+            timings["mots_tools_counts"] += t2 - t1
+            timings["trackeval_hota_clear_identity"] += time.perf_counter() - t2
     out = {"benchmark": "kitti_mots", "classes": {}, "per_sequence": defaultdict(dict), "sequences": list(lengths)}
     for cls in CLASSES:
         total = defaultdict(float)
@@ -299,6 +318,8 @@ def evaluate_kitti_mots(gt_root: str, results_dir: str, sequences=None, seqmap: 
                 te[field] = int(combined[field])
         out["classes"][cls] = {"mots_tools": mots_tools_metrics(total), "trackeval": te}
     out["per_sequence"] = dict(out["per_sequence"])
+    out["num_frames"] = sum(last + 1 for last in lengths.values())
+    out["timings"] = dict(timings)
     out["seconds"] = time.perf_counter() - start
     return out
 

@@ -166,6 +166,7 @@ class YTVISeval(COCOeval):
         self.params.imgIds = sorted(gt["videos"])
         self.params.catIds = sorted(gt["categories"])
         self.params.areaRng = AREA_RANGES
+        self.iou_seconds = 0.0
 
     def _prepare(self):
         from collections import defaultdict
@@ -185,9 +186,12 @@ class YTVISeval(COCOeval):
         dt = self._dts[imgId, catId]
         if len(gt) == 0 and len(dt) == 0:
             return []
+        start = time.perf_counter()
         order = np.argsort([-d["score"] for d in dt], kind="mergesort")
         dt = [dt[i] for i in order][: self.params.maxDets[-1]]
-        return tube_iou([d["rles"] for d in dt], [g["rles"] for g in gt])
+        ious = tube_iou([d["rles"] for d in dt], [g["rles"] for g in gt])
+        self.iou_seconds += time.perf_counter() - start
+        return ious
 
 
 def evaluate_ytvis(gt_json, results_json) -> dict:
@@ -198,16 +202,20 @@ def evaluate_ytvis(gt_json, results_json) -> dict:
       results_json: results JSON path or list (``{video_id, category_id, score, segmentations}``).
     Returns:
       ``{"benchmark": "ytvis", "stats": {name: value}, "per_category_AP": {name: AP or None},
-      "num_videos", "num_results", "seconds"}``; values in [0, 1], -1 where undefined (pycocotools' rule).
+      "num_videos", "num_results", "num_frames", "timings" (seconds per stage), "seconds"}``; values in
+      [0, 1], -1 where undefined (pycocotools' rule). A perfect AP is 1 - 2e-16: pycocotools' precision
+      is tp / (tp + fp + eps), as in ytvoseval.
     """
     start = time.perf_counter()
     gt = load_gt(gt_json)
     dts = load_results(results_json, gt)
+    t_loaded = time.perf_counter()
     ev = YTVISeval(gt, dts)
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
+    t_done = time.perf_counter()
     precision = ev.eval["precision"]  # [T, R, K, A, M]
     per_cat = {}
     for k, cat in enumerate(ev.params.catIds):
@@ -219,6 +227,9 @@ def evaluate_ytvis(gt_json, results_json) -> dict:
         "per_category_AP": per_cat,
         "num_videos": len(gt["videos"]),
         "num_results": len(dts),
+        "num_frames": sum(v["length"] for v in gt["videos"].values()),
+        "timings": {"load_and_validate": t_loaded - start, "tube_iou": ev.iou_seconds,
+                    "cocoeval_match_accumulate": t_done - t_loaded - ev.iou_seconds},
         "seconds": time.perf_counter() - start,
     }
 
