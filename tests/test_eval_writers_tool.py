@@ -138,7 +138,7 @@ def test_cli_evaluate_and_check(tmp_path):
     cmd = [sys.executable, os.path.join(ROOT, "tools", "evaluate.py"), "--benchmark", "davis", "--gt",
            str(tmp_path / "gt"), "--results", res]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout
-    assert "J&F-Mean" in out and "Evaluated in" in out
+    assert "J&F-Mean" in out and "Evaluated 3 frames in" in out
     saved = json.load(open(os.path.join(res, "evaluation_davis.json")))
     assert saved["global"]["J&F-Mean"] == 1.0
     ok = subprocess.run(cmd + ["--check"], capture_output=True, text=True, env=env)
