@@ -185,3 +185,41 @@ def test_bad_input_names_file_and_frame(tmp_path):
         davis.evaluate_sequence(gt, many)
     with pytest.raises(ValueError, match="proposal ids"):
         write_davis_sequence(str(tmp_path / "res"), "s", ["00000", "00001"], many)
+
+
+def test_matches_trackeval_j_and_f_on_random_sequences():
+    """TrackEval's JAndF (a port of the DAVIS toolkit, matching on J&F when asked) on void-free data."""
+    pytest.importorskip("skimage")  # TrackEval's F needs skimage's disk
+    metrics = pytest.importorskip("trackeval.metrics")
+    from pycocotools import mask as mask_utils
+
+    rng = np.random.default_rng(5)
+    t_len, h, w = 9, 60, 90
+    gt = np.stack([blobs(rng, h, w, 3, 0.0 if t == 0 else 0.2) for t in range(t_len)])
+    for k in range(1, 4):  # every GT object present in frame 0 (the toolkit counts objects there)
+        if not (gt[0] == k).any():
+            gt[0, 5 * k : 5 * k + 4, :6] = k
+    res = np.stack([blobs(rng, h, w, 4, 0.2) for _ in range(t_len)])
+    for k in range(1, 5):
+        if not (res == k).any():
+            res[0, :3, 10 * k : 10 * k + 4] = k
+
+    def dets(maps, n):
+        ids = [np.array([k for k in range(n) if (m == k + 1).any()], int) for m in maps]
+        rles = [[mask_utils.encode(np.asfortranarray((m == k + 1).astype(np.uint8))) for k in i]
+                for m, i in zip(maps, ids)]
+        return ids, rles
+
+    gt_ids, gt_dets = dets(gt, 3)
+    tr_ids, tr_dets = dets(res, 4)
+    metric = metrics.JAndF()
+    metric.optim_type = "J&F"
+    ref = metric.eval_sequence({"num_timesteps": t_len, "num_gt_ids": 3, "num_tracker_ids": 4, "gt_ids": gt_ids,
+                                "tracker_ids": tr_ids, "gt_dets": gt_dets, "tracker_dets": tr_dets})
+    out = davis.evaluate_sequence(gt, res)
+    ours = [(davis.db_statistics(j), davis.db_statistics(f)) for j, f in zip(out["J"], out["F"])]
+    # TrackEval returns the per-sequence mean over GT objects
+    for k, name in ((0, "Mean"), (2, "Decay")):
+        assert np.mean([j[k] for j, _ in ours]) == pytest.approx(ref[f"J-{name}"], abs=1e-12)
+        assert np.mean([f[k] for _, f in ours]) == pytest.approx(ref[f"F-{name}"], abs=1e-12)
+    assert 0.05 < ref["J-Mean"] < 0.9 and ref["F-Mean"] > 0.05
