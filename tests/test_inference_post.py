@@ -1,9 +1,14 @@
 """Inference post-processing: clip schedule, clustering, linking and per-benchmark track selection (spec §6)."""
 
+import json
+
+import jax
 import numpy as np
 import pytest
+from PIL import Image
 from pycocotools import mask as mask_utils
 
+from stemseg_jax.evaluation.writers import write_ytvis_results
 from stemseg_jax.inference import (
     TrackChainer,
     clip_schedule,
@@ -15,6 +20,8 @@ from stemseg_jax.inference import (
     select_tracks_davis,
     select_tracks_kitti,
     select_tracks_ytvis,
+    write_davis_outputs,
+    write_kitti_outputs,
 )
 from stemseg_jax.inference.linking import _iou_matrix
 
@@ -194,6 +201,8 @@ def test_cluster_ignores_background_and_rejects_bad_shapes():
         cluster_clip(emb, bw[..., :2], seed, fg, **OFFICIAL)
     with pytest.raises(ValueError, match="distance"):
         cluster_clip(emb, bw, seed, fg, **OFFICIAL, distance="cosine")
+    with pytest.raises(ValueError, match="outside jax.jit"):
+        jax.jit(lambda f: cluster_clip(emb, bw, seed, f, **OFFICIAL, compact=True))(fg)
 
 
 # ----------------------------------------------------------------------------------------------- linking
@@ -452,16 +461,19 @@ def test_overlap_rules():
 
 
 def test_outputs_feed_the_evaluation_writers(tmp_path):
-    writers = pytest.importorskip("stemseg_jax.evaluation.writers")
     maps = blob_frames([[(0, 0, 4, 0, 4), (1, 4, 8, 4, 8)]] * 2)
     linked = linked_from_maps(maps)
-    davis, _ = select_tracks_davis(linked, **IDENTITY)
-    assert len(writers.write_davis_sequence(str(tmp_path / "davis"), "seq", ["00000", "00001"], davis)) == 2
+    paths = write_davis_outputs(str(tmp_path / "davis"), "seq", ["00000", "00001"], linked, **IDENTITY)
+    np.testing.assert_array_equal(np.asarray(Image.open(paths[1])), np.where(maps[1] >= 0, maps[1] + 1, 0))
     entries = select_tracks_ytvis(linked, np.zeros((2, 8, 8, 3), np.float32), video_id=1, **IDENTITY)
-    writers.write_ytvis_results(str(tmp_path / "ytvis"), entries)
-    selection = select_tracks_kitti(linked, np.ones((2, 8, 8), np.int64))
-    path = writers.write_kitti_mots_sequence(str(tmp_path / "kitti"), 3, kitti_detections(linked, selection,
-                                                                                          **IDENTITY))
+    json_path, _ = write_ytvis_results(str(tmp_path / "ytvis"), entries)
+    with open(json_path) as fh:
+        assert [e["score"] for e in json.load(fh)] == [1.0, 1.0]
+    path = write_kitti_outputs(str(tmp_path / "kitti"), 3, linked, np.ones((2, 8, 8), np.int64), **IDENTITY)
     with open(path) as fh:
         lines = fh.read().splitlines()
     assert len(lines) == 4 and lines[0].startswith("0 1001 1 8 8 ")
+    empty = write_kitti_outputs(str(tmp_path / "kitti"), 4, linked_from_maps(np.full((2, 8, 8), -1)),
+                                np.ones((2, 8, 8), np.int64), **IDENTITY)
+    with open(empty) as fh:
+        assert fh.read() == ""

@@ -11,6 +11,8 @@ from stemseg_jax.inference.tracks import (
     select_tracks_davis,
     select_tracks_kitti,
     select_tracks_ytvis,
+    write_davis_outputs,
+    write_kitti_outputs,
 )
 
 __all__ = [
@@ -28,4 +30,6 @@ __all__ = [
     "select_tracks_davis",
     "select_tracks_kitti",
     "select_tracks_ytvis",
+    "write_davis_outputs",
+    "write_kitti_outputs",
 ]

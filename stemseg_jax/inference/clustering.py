@@ -168,6 +168,9 @@ def cluster_clip(
     )
     options = dict(max_instances=int(max_instances), distance=distance, secondary=secondary)
     if compact:
+        if isinstance(fg, jax.core.Tracer):
+            raise ValueError("cluster_clip(compact=True) needs the foreground count on the host: call it outside "
+                             "jax.jit (it is jit-compiled inside)")
         count = int(jnp.sum(fg))
         if count == 0:
             return jnp.full(shape, -1, jnp.int32)

@@ -26,10 +26,14 @@ import numpy as np
 import scipy.sparse
 from pycocotools import mask as mask_utils
 
+from stemseg_jax.evaluation import writers
 from stemseg_jax.inference.linking import LinkedTracks
 
 KITTI_CAR, KITTI_PEDESTRIAN = 1, 2
 KITTI_OVERLAP_RULES = ("latest_track", "longest_lifetime")
+# Written ids are class * 1000 + id, so a sequence holds at most 999 tracks (the official 1000 would
+# collide with the next class's id 0).
+KITTI_MAX_TRACKS = 999
 
 
 def _bilinear_matrix(n_out: int, n_in: int) -> scipy.sparse.csr_matrix:
@@ -270,3 +274,25 @@ def resolve_overlaps(masks: np.ndarray, priority: np.ndarray) -> np.ndarray:
     masks[:, ys, xs] = False
     masks[np.argmax(claims, axis=0), ys, xs] = True
     return masks
+
+
+# ----------------------------------------------------------------------------------------------- writing
+def write_davis_outputs(results_dir: str, seq: str, frame_names, linked: LinkedTracks, *, scale: int, resized_hw,
+                        original_hw, max_tracks: int = 20) -> list[str]:
+    """``select_tracks_davis`` + ``evaluation.writers.write_davis_sequence``; returns the written paths."""
+    label_maps, _ = select_tracks_davis(linked, scale=scale, resized_hw=resized_hw, original_hw=original_hw,
+                                        max_tracks=max_tracks)
+    return writers.write_davis_sequence(results_dir, seq, frame_names, label_maps)
+
+
+def write_kitti_outputs(results_dir: str, seq_id, linked: LinkedTracks, class_maps, *, scale: int, resized_hw,
+                        original_hw, max_tracks: int = 1000, overlap: str = "latest_track") -> str:
+    """``select_tracks_kitti`` + ``kitti_detections`` + ``write_kitti_mots_sequence``; returns the file path.
+
+    ``max_tracks`` is capped at 999 (see ``KITTI_MAX_TRACKS``). A sequence without tracks gets an empty
+    file (the official code raises instead).
+    """
+    selection = select_tracks_kitti(linked, class_maps, max_tracks=min(int(max_tracks), KITTI_MAX_TRACKS))
+    detections = kitti_detections(linked, selection, scale=scale, resized_hw=resized_hw, original_hw=original_hw,
+                                  overlap=overlap)
+    return writers.write_kitti_mots_sequence(results_dir, seq_id, detections)
