@@ -104,6 +104,14 @@ def test_checkers_report_named_problems(tmp_path):
     problems = check.check_davis(str(tmp_path / "gt"), res)
     assert any("00002.png: missing result frame 00002" in p for p in problems)
     assert any("00001.png: PNG mode RGB" in p for p in problems)
+    # frames only (a test-dev split): names and size come from JPEGImages
+    jpg = tmp_path / "gt" / "JPEGImages" / "480p" / "s2"
+    jpg.mkdir(parents=True)
+    for t in range(2):
+        Image.fromarray(np.zeros((20, 24, 3), np.uint8)).save(jpg / f"{t:05d}.jpg")
+    writers.write_davis_sequence(res, "s2", ["00000"], maps[:1])
+    assert check.check_davis(str(tmp_path / "gt"), res, sequences=["s2"]) == [
+        os.path.join(res, "s2", "00001.png") + ": missing result frame 00001"]
 
     gt = {"videos": [{"id": 4, "height": 5, "width": 6, "length": 2}], "categories": [{"id": 1}]}
     good = {"video_id": 4, "category_id": 1, "score": 0.5,
