@@ -31,6 +31,7 @@ import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+import cv2
 import grain.python as grain
 import numpy as np
 from absl import flags
@@ -45,6 +46,7 @@ KITTI_FORMATS = ("kitti_mots", "mots_challenge", "mots")
 DUPLICATION_FORMATS = ("davis", "ytvis")
 # Official minimum instance areas (pixels at original size, spec §5.5); other formats keep everything.
 MIN_INSTANCE_AREA = {"pascal_voc": 50, "mapillary": 30}
+PAD = np.asarray(preprocessing.PAD_VALUE_BGR, np.uint8)
 
 
 @dataclasses.dataclass
@@ -227,20 +229,30 @@ def _read_frames(record, frames: Sequence[int]) -> np.ndarray:
     return np.stack(images)
 
 
-def _resize_clip(images, masks, ignore, new_h, new_w):
-    """Resizes ``images [T,H,W,3]``, ``masks [I,T,H,W]``, ``ignore [T,H,W]`` (masks: bilinear then > 0.5)."""
-    t = images.shape[0]
-    out_img = np.stack([preprocessing.resize_image(im, new_h, new_w) for im in images])
-    # All binary maps of a frame are resized in one multi-channel OpenCV call.
-    planes = np.concatenate([masks, ignore[None]], axis=0).transpose(1, 2, 3, 0)  # [T, H, W, I+1]
-    out_planes = np.empty((t, new_h, new_w, planes.shape[-1]), bool)
-    for i in range(t):
-        chunk = planes[i].astype(np.float32)
-        for c0 in range(0, chunk.shape[-1], 256):  # OpenCV limit of 512 channels per image
-            part = preprocessing.resize_image(chunk[..., c0 : c0 + 256], new_h, new_w)
-            out_planes[i, ..., c0 : c0 + 256] = (part if part.ndim == 3 else part[..., None]) > 0.5
-    out_planes = out_planes.transpose(3, 0, 1, 2)
-    return out_img, out_planes[:-1], out_planes[-1]
+def _resize_frames_into(images: np.ndarray, out: np.ndarray) -> None:
+    """Bilinear-resizes ``images [T, H, W, 3]`` into the top-left ``[T, h, w, 3]`` corner views ``out``."""
+    new_h, new_w = out.shape[1:3]
+    for t, im in enumerate(images):
+        out[t] = preprocessing.resize_image(im, new_h, new_w)
+
+
+def _resize_binary(planes: np.ndarray, new_h: int, new_w: int) -> np.ndarray:
+    """Resizes binary maps ``[N, T, H, W]`` -> ``[N, T, new_h, new_w]``: bilinear, then > 0.5 (spec §7.3).
+
+    Computed on 0/255 uint8 planes (half the time of float32 here); the result can differ from the
+    float rule only where the bilinear weight is within 1/255 of 0.5. One plane per OpenCV call: the
+    planes are contiguous that way, and all-False planes (absent instances, no ignore) are skipped.
+    """
+    n, t = planes.shape[:2]
+    out = np.zeros((n, t, new_h, new_w), bool)
+    if planes.shape[2:] == (new_h, new_w):
+        out[...] = planes
+        return out
+    live = planes.reshape(n, t, -1).any(axis=2)
+    for i, f in zip(*np.nonzero(live)):
+        plane = planes[i, f].view(np.uint8) * np.uint8(255)
+        out[i, f] = preprocessing.resize_image(plane, new_h, new_w) > 127
+    return out
 
 
 def load_clip(
@@ -250,6 +262,7 @@ def load_clip(
     data_cfg,
     rng: np.random.Generator,
     bucket_hw: tuple[int, int],
+    out: dict[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     """Decodes, augments, resizes and pads one training clip.
 
@@ -260,6 +273,8 @@ def load_clip(
       data_cfg: ``config.data``.
       rng: this clip's randomness.
       bucket_hw: padded (H, W) of the batch.
+      out: arrays of the shapes below to write into (one clip of a preallocated batch: saves a copy of
+        the largest arrays); ``masks``, ``instance_valid``, ``category_ids`` and ``ignore`` must be zeroed.
 
     Returns:
       ``images [T, Hb, Wb, 3] uint8``, ``masks [I_max, T, Hb, Wb] bool``, ``instance_valid [I_max]``,
@@ -267,6 +282,7 @@ def load_clip(
     """
     fmt = ds_cfg.format
     num_frames, max_inst = data_cfg.num_frames, data_cfg.max_instances
+    flip = False
     if record.is_image:
         ids = sorted(record.frame_instances[0])
         image = _read_frames(record, [0])[0]
@@ -297,36 +313,46 @@ def load_clip(
         if _cfg_get(ds_cfg, "background_as_ignore", fmt == "davis"):
             # Official DAVIS behaviour (spec §4.7): unannotated pixels are ignore, not background.
             ignore = ignore | ~masks.any(axis=0)
-        if data_cfg.video_flip and rng.random() < 0.5:
-            images, masks, ignore = augment.hflip_clip(images, masks, ignore)
+        # Clip-level flip (seed); applied after resizing below, where the arrays are smaller. Bilinear
+        # half-pixel resizing is mirror-symmetric, so the order does not change the result.
+        flip = data_cfg.video_flip and rng.random() < 0.5
 
     masks = np.asarray(masks, bool).reshape(-1, *images.shape[:3])
     ignore = np.asarray(ignore, bool)
     h, w = images.shape[1:3]
     new_h, new_w = preprocessing.compute_resize_dims(h, w, data_cfg.min_dim, data_cfg.max_dim)
-    images, masks, ignore = _resize_clip(images, masks, ignore, new_h, new_w)
+    bh, bw = bucket_hw
+    if out is None:
+        out = {
+            "images": np.empty((num_frames, bh, bw, 3), np.uint8),
+            "masks": np.zeros((max_inst, num_frames, bh, bw), bool),
+            "instance_valid": np.zeros(max_inst, bool),
+            "category_ids": np.zeros(max_inst, np.int32),
+            "ignore": np.zeros((num_frames, bh, bw), bool),
+        }
+    out_images = out["images"]
+    out_images[:, new_h:] = PAD
+    out_images[:, :new_h, new_w:] = PAD
+    _resize_frames_into(images, out_images[:, :new_h, :new_w])
+    binary = _resize_binary(np.concatenate([masks, ignore[None]]), new_h, new_w)
+    masks, ignore = binary[:-1], binary[-1]
 
     # Instances that vanished (augmented out of the frame, or lost in downscaling) carry no signal.
-    area = masks.reshape(len(masks), -1).sum(axis=1)
+    area = np.count_nonzero(masks.reshape(len(masks), -1), axis=1)
     order = [i for i in np.argsort(-area, kind="stable") if area[i] > 0]
-    keep, overflow = order[:max_inst], order[max_inst:]
+    keep, overflow = sorted(order[:max_inst]), order[max_inst:]
     if overflow:  # more instances than slots: the smallest become ignore regions (documented)
         ignore = ignore | masks[overflow].any(axis=0)
-    keep = sorted(keep)
-    bh, bw = bucket_hw
-    out_masks = np.zeros((max_inst, num_frames, bh, bw), bool)
-    out_masks[: len(keep), :, :new_h, :new_w] = masks[keep]
-    valid = np.zeros(max_inst, bool)
-    valid[: len(keep)] = True
-    cats = np.zeros(max_inst, np.int32)
-    cats[: len(keep)] = 1 if data_cfg.class_agnostic else [categories[i] for i in keep]
-    return {
-        "images": np.stack([preprocessing.pad_image(im, bh, bw) for im in images]),
-        "masks": out_masks,
-        "instance_valid": valid,
-        "category_ids": cats,
-        "ignore": preprocessing.pad_mask(ignore, bh, bw),
-    }
+    out["masks"][: len(keep), :, :new_h, :new_w] = masks[keep]
+    out["instance_valid"][: len(keep)] = True
+    out["category_ids"][: len(keep)] = 1 if data_cfg.class_agnostic else [categories[i] for i in keep]
+    out["ignore"][:, :new_h, :new_w] = ignore
+    if flip:
+        region = (slice(None), slice(0, new_h), slice(new_w - 1, None, -1))  # [T, h, w] mirrored
+        out_images[:, :new_h, :new_w] = out_images[region].copy()
+        out["masks"][:, :, :new_h, :new_w] = out["masks"][(slice(None),) + region].copy()
+        out["ignore"][:, :new_h, :new_w] = out["ignore"][region].copy()
+    return out
 
 
 def clip_id(name: str, record, frames: np.ndarray) -> str:
@@ -347,6 +373,7 @@ class BatchLoader:
             )
         self.config, self.sources, self.seed = config, sources, seed
         self.slots = range(shard_index * batch_size // shard_count, (shard_index + 1) * batch_size // shard_count)
+        self.shared_memory = False  # set when the loader runs in grain worker processes
         self._plans: dict[int, EpochPlan] = {}
 
     def __getstate__(self):
@@ -371,8 +398,21 @@ class BatchLoader:
     def __call__(self, step: int) -> dict[str, np.ndarray]:
         plan, samples = self.step_samples(int(step))
         bucket = tuple(int(v) for v in self.sources.buckets[plan.sample_bucket[samples[0]]])
-        clips, ids = [], []
-        for slot in self.slots:
+        data = self.config.data
+        b, t, i_max = len(self.slots), data.num_frames, data.max_instances
+        # In a worker process the big arrays are allocated in shared memory directly: grain then passes
+        # them to the trainer without copying (a full-size batch is ~250 MB, mostly mask slots). New
+        # shared memory is zero-filled, like np.zeros.
+        big = grain.SharedMemoryArray if self.shared_memory else np.zeros
+        batch = {
+            "images": big((b, t, *bucket, 3), np.uint8),
+            "masks": big((b, i_max, t, *bucket), bool),
+            "instance_valid": np.zeros((b, i_max), bool),
+            "category_ids": np.zeros((b, i_max), np.int32),
+            "ignore": big((b, t, *bucket), bool),
+        }
+        ids = []
+        for k, slot in enumerate(self.slots):
             s = samples[slot]
             d = int(plan.sample_dataset[s])
             name, record = self.sources.names[d], self.sources.records[d][int(plan.sample_record[s])]
@@ -380,12 +420,12 @@ class BatchLoader:
             cid = clip_id(name, record, frames)
             rng = np.random.default_rng([self.seed, int(step), slot, 0xC11B])
             try:
-                clips.append(load_clip(record, frames, self.sources.cfgs[d], self.config.data, rng, bucket))
+                out = {key: value[k] for key, value in batch.items()}
+                load_clip(record, frames, self.sources.cfgs[d], data, rng, bucket, out)
             except Exception as err:
                 src = getattr(record, "source", "") or "?"
                 raise ValueError(f"step {step}: failed to load clip {cid} (annotations {src}): {err}") from err
             ids.append(cid)
-        batch = {k: np.stack([c[k] for c in clips]) for k in clips[0]}
         batch["clip_ids"] = np.asarray(ids)
         return batch
 
@@ -414,11 +454,13 @@ def build_train_iterator(
     loader = BatchLoader(config, sources, seed, shard_index, shard_count)
     loader.plan(0)  # fail early on bad datasets, in the calling process
     workers = config.data.num_workers if num_workers is None else num_workers
+    loader.shared_memory = workers > 0
     prefetch = max(1, int(config.data.prefetch))
     ds = grain.MapDataset.range(start_step, start_step + 2**40).map(loader)
     # Read threads in every process: each clip spends most of its time in OpenCV/imgaug, which release the GIL.
     it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=2 if workers == 0 else 1, prefetch_buffer_size=prefetch))
     if workers > 0:
+        worker_init_fn = worker_init_fn or _init_worker
         if not flags.FLAGS.is_parsed():
             # grain's worker processes read absl flags; outside an absl app (tests, notebooks) use the defaults.
             flags.FLAGS(["stemseg_jax"], known_only=True)
@@ -427,6 +469,12 @@ def build_train_iterator(
             worker_init_fn=worker_init_fn,
         )
     return _closing(iter(it_ds))
+
+
+def _init_worker(worker_index: int, worker_count: int) -> None:
+    del worker_index
+    # One OpenCV thread per worker process: with as many workers as cores, more threads only contend.
+    cv2.setNumThreads(1 if worker_count > 1 else 2)
 
 
 def _closing(iterator) -> Iterator[dict[str, np.ndarray]]:
