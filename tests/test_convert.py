@@ -341,3 +341,24 @@ def test_forward_clip_rejects_bad_frames(tiny_kitti):
         forward_clip(config, {}, np.zeros((8, 128, 96, 3), np.float32))
     with pytest.raises(ValueError, match=r"\[T, H, W, 3\]"):
         forward_clip(config, {}, np.zeros((128, 96, 3), np.uint8))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("STEMSEG_FULL_PARITY"), reason="opt-in (~40 s each): STEMSEG_FULL_PARITY=1")
+@pytest.mark.parametrize("name,variant", [("davis", "stage2"), ("youtube_vis", None), ("kitti", None)])
+def test_full_size_parity(name, variant):
+    """The real configs (R-101, 256-channel decoders, DAVIS at T = 16) end to end on a small clip."""
+    config = load_config(name, variant)
+    t = config.data.num_frames
+    ref = tr.randomize_(tr.STEmSegReference(config.model, t), seed=11).eval()
+    variables = convert_state_dict(tr.state_dict_numpy(ref), expected_variables(config))
+    clip = np.random.default_rng(9).integers(0, 256, size=(t, 128, 96, 3), dtype=np.uint8)
+    ours = forward_clip(config, variables, clip)
+    with torch.no_grad():
+        theirs = {k: None if v is None else v[0].numpy() for k, v in ref(torch.from_numpy(clip[None])).items()}
+    theirs["bandwidths"] = np.exp(theirs.pop("bandwidth_logits").astype(np.float64)) * 10
+    for key, value in theirs.items():
+        if value is None:
+            assert ours[key] is None
+        else:
+            assert rel_err(ours[key], value) <= TOL, key
