@@ -259,3 +259,28 @@ def test_bad_frame_names_the_clip_and_file(tmp_path, data):
     c.train.num_steps = 3
     with pytest.raises(ValueError, match=r"vid/broken/frames .*00003\.png"):
         _take(c, dict(vid=[rec]), 3, seed=0)
+
+
+# ------------------------------------------------------------------------------------------ real readers
+
+
+def test_synthetic_datasets_through_the_readers(tmp_path_factory):
+    from stemseg_jax.data import synthetic
+
+    root = tmp_path_factory.mktemp("synthetic")
+    videos = synthetic.generate("ytvis", str(root / "ytvis"), seed=0, num_train=3, num_val=0, num_frames=14)
+    images = synthetic.generate("coco", str(root / "coco"), seed=0, num_train=6, num_val=0)
+    config = youtube_vis.get_config("tiny")
+    config.data.datasets = dict(
+        youtube_vis=synthetic.dataset_config("ytvis", videos["root"], weight=0.5),
+        coco=synthetic.dataset_config("coco", images["root"], weight=0.5),
+    )
+    config.train.num_steps = 6
+    batches = _take(config, None, 6, seed=3, num_workers=1)
+    names = {str(c).split("/")[0] for b in batches for c in b["clip_ids"]}
+    assert names == {"youtube_vis", "coco"}
+    for b in batches:
+        assert b["images"].shape[:2] == (2, config.data.num_frames)
+        assert b["instance_valid"].any(axis=1).all()
+        valid_cats = b["category_ids"][b["instance_valid"]]
+        assert ((valid_cats >= 1) & (valid_cats < config.model.num_classes)).all()
