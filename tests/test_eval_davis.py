@@ -166,6 +166,8 @@ def test_evaluate_davis_files_global_is_object_weighted(tmp_path):
     jf = (r["global"]["J-Mean"] + r["global"]["F-Mean"]) / 2
     assert r["global"]["J&F-Mean"] == pytest.approx(jf, abs=1e-15)
     assert "seqb_1" in davis.format_table(r)
+    assert r["per_sequence"]["seqa"]["J-Mean"] == 1.0 and r["per_sequence"]["seqa"]["objects"] == 2
+    assert r["per_sequence"]["seqb"]["J-Mean"] == pytest.approx(80 / 120, abs=1e-12)
 
 
 def test_bad_input_names_file_and_frame(tmp_path):

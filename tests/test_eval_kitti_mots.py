@@ -72,10 +72,26 @@ def test_swapped_ids_count_id_switches(tmp_path):
     gt = [(f, 1001, 1, a) for f in range(4)] + [(f, 1002, 1, b) for f in range(4)]
     res = [(f, 1001 if f < 2 else 1002, 1, a) for f in range(4)] + [(f, 1002 if f < 2 else 1001, 1, b)
                                                                     for f in range(4)]
-    m = car(evaluate(tmp_path, gt, res, 4))
+    r = evaluate(tmp_path, gt, res, 4)
+    m = car(r)
     assert m["id_switches"] == 2
     assert m["MOTSA"] == pytest.approx(1 - 2 / 8)
     assert m["sMOTSA"] == pytest.approx((8 - 2) / 8)
+    # HOTA: detection perfect; each of the 4 (GT, tracker) pairs co-occurs in 2 frames, both tracks last 4:
+    # association Jaccard 2 / (4 + 4 - 2) = 1/3
+    te = r["classes"]["car"]["trackeval"]
+    assert te["DetA"] == pytest.approx(1.0) and te["AssA"] == pytest.approx(1 / 3, abs=1e-12)
+    assert te["HOTA"] == pytest.approx(np.sqrt(1 / 3), abs=1e-12)
+
+
+def test_fragmentation_and_mostly_tracked(tmp_path):
+    a, b = box(0, 0, 8, 8), box(10, 15, 18, 25)
+    gt = [(f, 1001, 1, a) for f in range(5)] + [(f, 1002, 1, b) for f in range(5)]
+    res = [(f, 1001, 1, a) for f in (0, 1, 3, 4)] + [(0, 1002, 1, b)]  # a: one gap; b: tracked 1 of 5
+    m = car(evaluate(tmp_path, gt, res, 5))
+    assert (m["fragments"], m["id_switches"], m["fn"]) == (1, 0, 5)
+    assert (m["MT"], m["PT"], m["ML"]) == (0.0, 1.0, 0.0)  # 4/5 is not > 0.8 and 1/5 is not < 0.2: both PT
+    assert m["MODSP"] == pytest.approx(1.0)
 
 
 def test_extra_track_counts_false_positives_unless_in_ignore_region(tmp_path):

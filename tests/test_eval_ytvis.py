@@ -59,6 +59,17 @@ def test_perfect_prediction_and_shifted_mask():
     assert r["stats"]["AR1"] == 0.0 and r["stats"]["AR10"] == pytest.approx(0.3, abs=1e-12)
 
 
+def test_crowd_ground_truth_makes_its_matches_ignored():
+    person, crowd = np.stack([box(0, 0, 8, 8)] * 2), np.stack([box(10, 10, 20, 30)] * 2)
+    gt = make_gt({1: 2}, [(1, 1, person), (1, 1, crowd)])
+    gt["annotations"][1]["iscrowd"] = 1
+    preds = [ytvis_entry(1, 1, 0.9, person), ytvis_entry(1, 1, 0.95, crowd)]
+    r = ytvis.evaluate_ytvis(gt, preds)
+    assert r["stats"]["AP"] == pytest.approx(1.0, abs=1e-12)  # the higher-scored crowd match is not an FP
+    gt["annotations"][1]["iscrowd"] = 0
+    assert ytvis.evaluate_ytvis(gt, preds[:1])["stats"]["AR100"] == 0.5
+
+
 def test_tube_iou_matches_numpy():
     rng = np.random.default_rng(0)
     t = 6

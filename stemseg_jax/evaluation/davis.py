@@ -294,7 +294,9 @@ def evaluate_davis(
     Returns:
       ``{"benchmark": "davis", "global": {J&F-Mean, J-Mean, J-Recall, J-Decay, F-Mean, F-Recall, F-Decay},
       "per_object": [{"sequence", "object" (GT id), "label" (the toolkit's <seq>_<k>), "proposal",
-      J-Mean, F-Mean, J&F-Mean, J-Recall, J-Decay, F-Recall, F-Decay}], "sequences", "num_frames",
+      J-Mean, F-Mean, J&F-Mean, J-Recall, J-Decay, F-Recall, F-Decay}], "per_sequence" (the same statistics
+      averaged over each sequence's objects; the global numbers weight objects, not sequences), "sequences",
+      "num_frames",
       "timings" (seconds per stage), "seconds"}``.
     """
     start = time.perf_counter()
@@ -325,10 +327,18 @@ def evaluate_davis(
     def mean(key):
         return float(np.mean([r[key] for r in rows]))
 
-    glob = {k: mean(k) for k in ("J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay")}
+    stats = ("J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay")
+    glob = {k: mean(k) for k in stats}
     glob = {"J&F-Mean": (glob["J-Mean"] + glob["F-Mean"]) / 2, **glob}
+    per_seq = {}
+    for seq in seqs:
+        objs = [r for r in rows if r["sequence"] == seq]
+        if objs:
+            s = {k: float(np.mean([r[k] for r in objs])) for k in stats}
+            per_seq[seq] = {"J&F-Mean": (s["J-Mean"] + s["F-Mean"]) / 2, **s, "objects": len(objs)}
     return {
-        "benchmark": "davis", "global": glob, "per_object": rows, "sequences": seqs, "num_frames": n_frames,
+        "benchmark": "davis", "global": glob, "per_object": rows, "per_sequence": per_seq, "sequences": seqs,
+        "num_frames": n_frames,
         "timings": timings, "seconds": time.perf_counter() - start,
     }
 
