@@ -516,3 +516,24 @@ def test_category_maps_match_the_spec():
     assert {cats.MAPILLARY_CATEGORIES[s]: t for s, t in mp.items() if t > 0} == {"Person": 2, "Car": 1}
     assert cats.class_agnostic(m["voc_to_ytvis"], ())[15] == 1
     assert common.cfg_get({"a": None}, "a", 3) == 3
+
+
+def test_own_data_davis_layout_with_categories(tmp_path):
+    """The README's "own data" recipe: free frame names, split 'all', categories from a JSON file."""
+    from stemseg_jax import config
+
+    root = str(tmp_path)
+    h, w = 6, 8
+    for name in ("frame_a", "frame_b"):
+        _image(os.path.join(root, "JPEGImages/480p/clip_001", f"{name}.jpg"), h, w)
+        lab = np.zeros((h, w), np.uint8)
+        lab[:3, :4], lab[3:, 4:] = 1, 2
+        io.write_indexed_png(os.path.join(root, "Annotations/480p/clip_001", f"{name}.png"), lab)
+    io.write_json(os.path.join(root, "categories.json"), {"clip_001": {"1": 2, "2": 1}})
+    entry = config.dataset("davis", root, "all", 1.0, annotations="Annotations/480p",
+                           instance_categories="categories.json")  # fmt: skip
+    (rec,) = load_dataset(entry, "data.datasets.mine")
+    assert rec.categories == {1: 2, 2: 1} and rec.frame_paths[1].endswith("frame_b.jpg")
+    io.write_json(os.path.join(root, "categories.json"), {"clip_001": {"1": 2}})
+    with pytest.raises(ValueError, match="no category for instance 2 of sequence 'clip_001'"):
+        load_dataset(entry, "data.datasets.mine")
