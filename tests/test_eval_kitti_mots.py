@@ -113,6 +113,12 @@ def test_missing_sequence_and_bad_input(tmp_path):
         evaluate(tmp_path, gt, [(0, 1001, 1, box(0, 0, 8, 8)), (0, 1002, 1, box(4, 4, 9, 9))], 1)
     with pytest.raises(ValueError, match=r"frame 5 outside"):
         evaluate(tmp_path, gt, [(5, 1001, 1, box(0, 0, 8, 8))], 1)
+    with pytest.raises(ValueError, match="unknown KITTI-MOTS split"):
+        km.sequence_lengths(str(tmp_path / "gt"), "test")
+    with pytest.raises(ValueError, match=r"no entry for sequences \['0006', '0007'"):  # "val" = the 9 val seqs
+        km.sequence_lengths(str(tmp_path / "gt"), "val", str(tmp_path / "seqmap"))
+    with pytest.raises(FileNotFoundError, match="0006.txt"):
+        km.sequence_lengths(str(tmp_path / "gt"), ["val"])
     os.remove(tmp_path / "res" / "0002.txt")
     with pytest.raises(FileNotFoundError, match="0002"):
         km.evaluate_kitti_mots(str(tmp_path / "gt"), str(tmp_path / "res"), seqmap=str(tmp_path / "seqmap"))

@@ -25,6 +25,11 @@ from stemseg_jax.evaluation.writers import KITTI_CAR, KITTI_IGNORE, KITTI_PEDEST
 
 CLASSES = {"car": KITTI_CAR, "pedestrian": KITTI_PEDESTRIAN}
 VAL_SEQUENCES = ["0002", "0006", "0007", "0008", "0010", "0013", "0014", "0016", "0018"]
+SPLITS = {
+    "val": VAL_SEQUENCES,
+    "train": [f"{i:04d}" for i in range(21) if f"{i:04d}" not in VAL_SEQUENCES],
+    "fulltrain": [f"{i:04d}" for i in range(21)],
+}
 _EPS = np.finfo("float").eps
 
 
@@ -106,6 +111,11 @@ def sequence_lengths(gt_root: str, sequences=None, seqmap: str | None = None) ->
     """``{seq: last_frame}``: from ``seqmap``; else the frame count of ``[training/]image_02/<seq>`` (KITTI);
     else the last GT frame (frames after the last annotated one then go unevaluated)."""
     gt_dir = _gt_dir(gt_root)
+    if isinstance(sequences, str) or (sequences is not None and len(sequences) == 1 and sequences[0] in SPLITS):
+        name = sequences if isinstance(sequences, str) else sequences[0]
+        if name not in SPLITS:
+            raise ValueError(f"unknown KITTI-MOTS split {name!r}; expected one of {sorted(SPLITS)} or a list")
+        sequences = SPLITS[name]
     if seqmap is not None:
         last = read_seqmap(seqmap)
         seqs = list(sequences) if sequences is not None else list(last)
@@ -266,7 +276,8 @@ def evaluate_kitti_mots(gt_root: str, results_dir: str, sequences=None, seqmap: 
       gt_root: folder with ``instances_txt/<seq>.txt`` (or the txt files themselves), optionally
         ``image_02/<seq>/`` to give sequence lengths.
       results_dir: ``<seq>.txt`` per sequence (a missing file is an error).
-      sequences: names like ``"0002"``; default: the seqmap's, else every GT file.
+      sequences: names like ``"0002"``, or a split name ``"val"`` / ``"train"`` / ``"fulltrain"`` (the
+        mots_tools seqmaps); default: the seqmap's, else every GT file.
       seqmap: optional ``name empty 000000 last_frame`` file fixing the evaluated frames.
     Returns:
       ``{"benchmark": "kitti_mots", "classes": {cls: {"mots_tools": {sMOTSA, MOTSA, MOTSP, MODSA, MODSP,
