@@ -168,7 +168,7 @@ def train(
       stop_after: end this run after this many optimizer steps (the run can be resumed later).
     Returns the final train state (on the host).
     """
-    from stemseg_jax import data  # imported here so that the model/loss modules stay importable without data deps
+    from stemseg_jax.data.pipeline import build_train_iterator
     from stemseg_jax.train.progress import TrainLogger
 
     if config.train.distributed:
@@ -182,7 +182,7 @@ def train(
     start = manager.latest_step() or 0
     num_steps = int(config.train.num_steps)
     if batches is None:
-        batches = data.build_train_iterator(
+        batches = build_train_iterator(
             config, seed=int(config.seed), start_step=start,
             shard_index=jax.process_index(), shard_count=jax.process_count(),
         )
