@@ -17,6 +17,7 @@ torch = pytest.importorskip("torch", reason="the parity tests need PyTorch (pip 
 
 from stemseg_jax.convert import (  # noqa: E402
     CheckpointMismatchError,
+    convert_official_checkpoint,
     convert_state_dict,
     expected_variables,
     load_variables,
@@ -311,6 +312,24 @@ def test_wrong_config_for_the_checkpoint_is_an_error(tiny_kitti):
     _, state = tiny_kitti
     with pytest.raises(CheckpointMismatchError, match="seediness_head"):
         convert_state_dict(state, expected_variables(load_config("davis", "tiny")))
+
+
+def test_backbone_only_refuses_a_full_model_file(tiny_kitti, tmp_path):
+    config, state = tiny_kitti
+    src = _save_official(tmp_path, "kitti_mots.pth", state, wrap=True)
+    with pytest.raises(CheckpointMismatchError, match=r"--backbone-only expects the backbone file.*embedding_head"):
+        convert_official_checkpoint(config, src, backbone_only=True)
+
+
+def test_tool_reports_a_mismatch_and_writes_nothing(tiny_kitti, tmp_path, capsys):
+    _, state = tiny_kitti
+    src = _save_official(tmp_path, "kitti_mots.pth", state, wrap=True)
+    out_dir = tmp_path / "out"
+    spec = os.path.join(REPO, "configs", "youtube_vis.py") + ":tiny"
+    assert convert_tool.main(["--config", spec, "--input", src, "--output", str(out_dir)]) == 1
+    err = capsys.readouterr().err
+    assert "kitti_mots.pth does not match" in err and "shape mismatch" in err
+    assert not out_dir.exists()
 
 
 def test_missing_torch_names_the_install_command(tmp_path, monkeypatch):

@@ -257,6 +257,12 @@ def convert_official_checkpoint(
     """
     state = read_state_dict(input_path, trust_pickle=trust_pickle)
     if backbone_only:
+        heads = sorted({k.split(".")[0] for k in state if not k.startswith(("body.", "fpn.", "backbone."))})
+        if heads:
+            raise CheckpointMismatchError(
+                f"{input_path}: --backbone-only expects the backbone file (keys body.*, fpn.*), but it also holds "
+                f"{heads}; convert a full model without --backbone-only (it can initialise training too)"
+            )
         state = {k if k.startswith("backbone.") else f"backbone.{k}": v for k, v in state.items()}
     variables = convert_state_dict(state, expected_variables(config, backbone_only), source=input_path)
     _check_free_dim_bandwidths(variables, config, input_path)
