@@ -133,29 +133,31 @@ def decode_segmentation(segm: Any, height: int, width: int, where: str) -> np.nd
 def compressed_rle_total(counts: bytes) -> int:
     """Sum of the run lengths of a compressed COCO RLE string (the format of pycocotools' ``rleToString``).
 
-    Each run is a little-endian base-32 varint (6-bit chars offset by 48, bit 5 = continue, bit 4 of
-    the last char = sign) and runs after the second are stored as differences to the run two back.
+    Each run is a little-endian base-32 varint (chars offset by 48; bit 5 = more chars follow, bit 4
+    of the last char = sign) and every run after the third is stored as the difference to the run two
+    places back. Vectorised with NumPy because it runs on every decoded mask.
     """
-    runs: list[int] = []
-    p, n = 0, len(counts)
-    while p < n:
-        x, k, more = 0, 0, True
-        while more:
-            if p >= n:
-                raise ValueError("truncated RLE counts string")
-            c = counts[p] - 48
-            x |= (c & 0x1F) << (5 * k)
-            more = bool(c & 0x20)
-            p += 1
-            k += 1
-            if not more and (c & 0x10):
-                x |= -1 << (5 * k)
-        if len(runs) > 2:
-            x += runs[-2]
-        runs.append(x)
-    if any(r < 0 for r in runs):
+    a = np.frombuffer(counts, np.uint8).astype(np.int64) - 48
+    if a.size == 0:
+        return 0
+    if a.min() < 0 or a.max() > 63:
+        raise ValueError("RLE counts string has characters outside the encoding's range")
+    last = (a & 0x20) == 0
+    if not last[-1]:
+        raise ValueError("truncated RLE counts string")
+    starts = np.flatnonzero(np.concatenate([[True], last[:-1]]))
+    group = np.cumsum(np.concatenate([[0], last[:-1].astype(np.int64)]))
+    k = np.arange(a.size) - starts[group]
+    values = np.add.reduceat((a & 0x1F) << (5 * k), starts)
+    n_chars = np.diff(np.append(starts, a.size))
+    negative = (a[last] & 0x10) != 0
+    values = values - (negative.astype(np.int64) << (5 * n_chars))
+    runs = values.copy()
+    runs[1::2] = np.cumsum(values[1::2])
+    runs[2::2] = np.cumsum(values[2::2])
+    if (runs < 0).any():
         raise ValueError("negative run length in RLE counts string")
-    return sum(runs)
+    return int(runs.sum())
 
 
 def encode_rle(mask: np.ndarray) -> dict:

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
-
 from stemseg_jax.data import io
 from stemseg_jax.data.readers import common
 from stemseg_jax.data.records import VideoRecord
@@ -32,7 +30,7 @@ VOID = 255
 
 def _present_ids(path: str) -> list[int]:
     label = io.read_label_png(path)
-    return [int(v) for v in np.unique(label) if v not in (0, VOID)]
+    return [v for v in common.present_values(label) if v not in (0, VOID)]
 
 
 def read(ds_cfg, field: str = "dataset") -> list[VideoRecord]:

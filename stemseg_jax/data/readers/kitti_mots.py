@@ -24,8 +24,6 @@ from __future__ import annotations
 import logging
 import os
 
-import numpy as np
-
 from stemseg_jax.data import io
 from stemseg_jax.data.categories import KITTI_CATEGORIES, KITTI_IGNORE_CLASS
 from stemseg_jax.data.readers import common
@@ -147,7 +145,7 @@ def _from_txt(path: str, name: str, frames: list[str]) -> VideoRecord:
 
 
 def _png_values(path: str) -> list[int]:
-    return [int(v) for v in np.unique(io.read_label_png(path)) if v != 0]
+    return [v for v in common.present_values(io.read_label_png(path)) if v != 0]
 
 
 def _from_pngs(jobs, ds_cfg, root: str, split: str) -> list[VideoRecord]:

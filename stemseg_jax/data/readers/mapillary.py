@@ -16,8 +16,6 @@ from __future__ import annotations
 import logging
 import os
 
-import numpy as np
-
 from stemseg_jax.data import categories as cats
 from stemseg_jax.data import io
 from stemseg_jax.data.readers import common
@@ -27,7 +25,7 @@ log = logging.getLogger(__name__)
 
 
 def _values(path: str) -> list[int]:
-    return [int(v) for v in np.unique(io.read_label_png(path))]
+    return common.present_values(io.read_label_png(path))
 
 
 def read(ds_cfg, field: str = "dataset") -> list[VideoRecord]:
