@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import sys
 import time
 
@@ -169,6 +170,11 @@ def test_every_format_reads_back(small_sets):
             masks, ignore = r.masks.load([0], list(r.instance_ids))
             assert masks.shape[2:] == ignore.shape[1:] == (r.height, r.width)
             assert io.read_image(r.frame_paths[0]).shape == (r.height, r.width, 3)
+            # Records travel to the pipeline's worker processes by pickle.
+            clone = pickle.loads(pickle.dumps(r))
+            masks2, ignore2 = clone.masks.load([0], list(r.instance_ids))
+            np.testing.assert_array_equal(masks, masks2)
+            np.testing.assert_array_equal(ignore, ignore2)
 
 
 def test_bad_knobs_and_cli(tmp_path):
