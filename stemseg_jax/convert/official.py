@@ -32,7 +32,7 @@ COLLECTIONS = ("params", "frozen_bn", "buffers")
 TORCH_INSTALL_HINT = "pip install torch==2.13.0"
 
 _SEQUENTIAL_INDEX = re.compile(r"^(layer\d+|downsample|block_\d+x)_(\d+)$")
-_OFFICIAL_PREFIXES = {("free_dim_bandwidths",): "embedding_loss_criterion.free_dim_bandwidths"}
+_OFFICIAL_BUFFER_NAMES = {("free_dim_bandwidths",): "embedding_loss_criterion.free_dim_bandwidths"}
 
 
 class CheckpointMismatchError(ValueError):
@@ -74,8 +74,8 @@ def official_name(collection: str, path: tuple[str, ...]) -> str:
     """
     if collection not in COLLECTIONS:
         raise ValueError(f"unknown variable collection {collection!r}; expected one of {COLLECTIONS}")
-    if collection == "buffers" and tuple(path) in _OFFICIAL_PREFIXES:
-        return _OFFICIAL_PREFIXES[tuple(path)]
+    if collection == "buffers" and tuple(path) in _OFFICIAL_BUFFER_NAMES:
+        return _OFFICIAL_BUFFER_NAMES[tuple(path)]
     parts = []
     for i, name in enumerate(path):
         last = i == len(path) - 1
