@@ -148,7 +148,7 @@ def load_sources(config, records_by_dataset: Mapping[str, Sequence[Any]] | None 
     for n, recs in zip(names, records):
         if not recs:
             raise ValueError(f"dataset {n!r} has no records")
-    quotas = sampling.mixture_quotas({n: c.weight for n, c in zip(names, cfgs)}, 1)
+    quotas = sampling.mixture_quotas({n: _cfg_get(c, "weight", 1.0) for n, c in zip(names, cfgs)}, 1)
     shapes, weights = [], []
     for n, recs in zip(names, records):
         s = np.asarray([record_padded_dims(r, data.min_dim, data.max_dim) for r in recs], np.int64)
@@ -173,7 +173,8 @@ def build_epoch_plan(config, sources: DataSources, seed: int, epoch: int) -> Epo
     """The samples and batches of one epoch (module docstring). Deterministic in (seed, epoch)."""
     data, batch_size = config.data, config.train.batch_size
     total = config.train.num_steps * batch_size
-    quotas = sampling.mixture_quotas({n: c.weight for n, c in zip(sources.names, sources.cfgs)}, total)
+    weights = {n: _cfg_get(c, "weight", 1.0) for n, c in zip(sources.names, sources.cfgs)}
+    quotas = sampling.mixture_quotas(weights, total)
     ds_idx, rec_idx, frames = [], [], []
     for d, (name, cfg, recs) in enumerate(zip(sources.names, sources.cfgs, sources.records)):
         rng = _dataset_seed(seed, epoch, name)
@@ -186,7 +187,7 @@ def build_epoch_plan(config, sources: DataSources, seed: int, epoch: int) -> Epo
             f = np.full((len(r), data.num_frames), -1, np.int64)
         else:
             gap = int(_cfg_get(cfg, "frame_gap", data.frame_gap))
-            split = bool(_cfg_get(cfg, "split_on_empty_frames", cfg.format in KITTI_FORMATS))
+            split = bool(_cfg_get(cfg, "split_on_empty_frames", _cfg_get(cfg, "format", "") in KITTI_FORMATS))
             r, f = sampling.sample_video_clips(_video_views(recs, split), quota, data.num_frames, gap, rng)
         ds_idx.append(np.full(len(r), d, np.int64))
         rec_idx.append(r)
@@ -280,7 +281,7 @@ def load_clip(
       ``images [T, Hb, Wb, 3] uint8``, ``masks [I_max, T, Hb, Wb] bool``, ``instance_valid [I_max]``,
       ``category_ids [I_max] int32``, ``ignore [T, Hb, Wb] bool``.
     """
-    fmt = ds_cfg.format
+    fmt = _cfg_get(ds_cfg, "format", "")
     num_frames, max_inst = data_cfg.num_frames, data_cfg.max_instances
     flip = False
     if record.is_image:
@@ -371,6 +372,9 @@ class BatchLoader:
                 f"batch_size {batch_size} must split evenly into shard_count {shard_count} "
                 f"(shard_index {shard_index})"
             )
+        for field, allowed in (("augmentation", augment.RECIPES), ("subsample", sampling.SUBSAMPLE_MODES)):
+            if config.data[field] not in allowed:
+                raise ValueError(f"config.data.{field} must be one of {allowed}, got {config.data[field]!r}")
         self.config, self.sources, self.seed = config, sources, seed
         self.slots = range(shard_index * batch_size // shard_count, (shard_index + 1) * batch_size // shard_count)
         self.shared_memory = False  # set when the loader runs in grain worker processes
@@ -378,7 +382,8 @@ class BatchLoader:
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state["_plans"] = {}  # rebuilt on demand in each worker
+        # Workers get epoch 0's plan (a few arrays, cheaper to send than to rebuild); later ones on demand.
+        state["_plans"] = {e: p for e, p in self._plans.items() if e == 0}
         return state
 
     def plan(self, epoch: int) -> EpochPlan:
