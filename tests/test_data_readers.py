@@ -256,6 +256,10 @@ def test_ytvis_bad_input(tmp_path):
     io.write_json(path, bad)
     with pytest.raises(ValueError, match="video 1, annotation 9.*2 segmentations for a video of 3 frames"):
         load_dataset(cfg)
+    io.write_json(path, data)
+    os.remove(os.path.join(root, "train/JPEGImages/v2/00005.jpg"))
+    with pytest.raises(FileNotFoundError, match=r"train.json \(video 2\): frame 1 file .*00005.jpg does not exist"):
+        load_dataset(cfg)
     open(path, "w").close()
     with pytest.raises(ValueError, match="train.json is empty"):
         load_dataset(cfg)

@@ -80,6 +80,13 @@ def list_frames(directory: str, where: str, extensions: Sequence[str] = IMAGE_EX
     return [os.path.join(directory, n) for n in names]
 
 
+def check_frames_exist(paths: Sequence[str], where: str) -> None:
+    """A missing frame file is reported when the dataset is read, not in a worker mid-training."""
+    for t, p in enumerate(paths):
+        if not os.path.isfile(p):
+            raise FileNotFoundError(f"{where}: frame {t} file {p} does not exist")
+
+
 def frame_number(name: str) -> int | None:
     m = re.search(r"(\d+)$", os.path.splitext(os.path.basename(name))[0])
     return int(m.group(1)) if m else None

@@ -3,7 +3,8 @@
     <root>/JPEGImages/480p/<seq>/00000.jpg ...
     <root>/Annotations_unsupervised/480p/<seq>/00000.png ...   (pixel value = object id, 0 = background,
                                                                  255 = void -> ignore mask)
-    <root>/ImageSets/2017/<split>.txt                          (one sequence name per line)
+    <root>/ImageSets/2017/<split>.txt                          (one sequence name per line; the 2019
+                                                                 lists are used for splits 2017 lacks)
 
 The same layout serves "your own data" (a folder per video of frames plus indexed PNGs). Optional
 config keys: ``images`` / ``annotations`` (folders, relative to root), ``resolution`` ("480p"),
@@ -109,6 +110,9 @@ def _sequence_list(ds_cfg, root: str, split: str, ann_dir: str, field: str) -> l
         path = common.resolve_under(root, imageset, f"{field}.imageset", is_dir=False)
     else:
         path = os.path.join(root, "ImageSets", "2017", f"{split}.txt")
+        if not os.path.isfile(path):  # DAVIS 2019 lists (test-dev, test-challenge)
+            path2019 = os.path.join(root, "ImageSets", "2019", f"{split}.txt")
+            path = path2019 if os.path.isfile(path2019) else path
         if split in ("", "all") or not os.path.isfile(path):
             if split not in ("", "all"):
                 raise FileNotFoundError(

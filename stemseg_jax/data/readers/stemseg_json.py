@@ -63,6 +63,8 @@ def read_video(ds_cfg, field: str = "dataset") -> list[VideoRecord]:
         h, w = int(s["height"]), int(s["width"])
         frame_paths = tuple(os.path.join(root, p) for p in s["image_paths"])
         n = len(frame_paths)
+        if common.cfg_get(ds_cfg, "check_files", True):
+            common.check_frames_exist(frame_paths, f"{path} (sequence {name!r})")
         if "segmentations" not in s:
             records.append(VideoRecord(name, frame_paths, h, w, {}, (frozenset(),) * n, EmptyMaskSource(h, w),
                                        False, path))  # fmt: skip

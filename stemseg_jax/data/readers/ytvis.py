@@ -10,7 +10,8 @@ inference). Any video dataset in this format trains without conversion ("your ow
 
 Optional config keys: ``annotations`` (JSON path), ``images`` (frame root; default
 ``<split>/JPEGImages``), ``category_map`` (name or dict, see ``categories.py``), ``class_agnostic``,
-``sequences`` (video ids or folder names to keep).
+``sequences`` (video ids or folder names to keep), ``check_files`` (default true: every frame file
+must exist when the dataset is read).
 """
 
 from __future__ import annotations
@@ -49,10 +50,13 @@ def read(ds_cfg, field: str = "dataset") -> list[VideoRecord]:
     cmap = cats.resolve_category_map(common.cfg_get(ds_cfg, "category_map", None), f"{field}.category_map")
     if common.cfg_get(ds_cfg, "class_agnostic", False):
         cmap = cats.class_agnostic(cmap, [c["id"] for c in data.get("categories", [])])
-    return parse(data, ann_path, images_dir, cmap, common.sequence_filter(ds_cfg), field)
+    check_files = bool(common.cfg_get(ds_cfg, "check_files", True))
+    return parse(data, ann_path, images_dir, cmap, common.sequence_filter(ds_cfg), field, check_files)
 
 
-def parse(data: dict, ann_path: str, images_dir: str, cmap, wanted, field: str = "dataset") -> list[VideoRecord]:
+def parse(
+    data: dict, ann_path: str, images_dir: str, cmap, wanted, field: str = "dataset", check_files: bool = True
+) -> list[VideoRecord]:
     """Records from an already loaded YouTube-VIS dict (shared with the tfds source)."""
     videos = {}
     for k, v in enumerate(data["videos"]):
@@ -77,6 +81,8 @@ def parse(data: dict, ann_path: str, images_dir: str, cmap, wanted, field: str =
             continue
         h, w, n = int(v["height"]), int(v["width"]), len(v["file_names"])
         frame_paths = tuple(os.path.join(images_dir, f) for f in v["file_names"])
+        if check_files:
+            common.check_frames_exist(frame_paths, f"{ann_path} (video {vid})")
         name = str(vid)
         frames: list[dict] = [{} for _ in range(n)]
         ignore: list[list] = [[] for _ in range(n)]
