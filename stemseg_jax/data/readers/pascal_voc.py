@@ -8,7 +8,7 @@
 ``root`` may also be a VOCdevkit folder holding VOC2012. An instance's category is the most frequent
 class under its pixels. Both PNGs are decoded once at load time for the instance list (cache with
 ``index_cache`` / ``$STEMSEG_CACHE_DIR``). Optional keys: ``category_map``, ``class_agnostic``,
-``keep_empty``. SBD's ``.mat`` annotations are not read.
+``keep_empty``, ``imageset`` (another split file). SBD's ``.mat`` annotations are not read.
 """
 
 from __future__ import annotations
