@@ -259,6 +259,9 @@ def test_bad_frame_names_the_clip_and_file(tmp_path, data):
     c.train.num_steps = 3
     with pytest.raises(ValueError, match=r"vid/broken/frames .*00003\.png"):
         _take(c, dict(vid=[rec]), 3, seed=0)
+    c.data.augmentation = "strong"
+    with pytest.raises(ValueError, match="config.data.augmentation"):
+        _take(c, dict(vid=[rec]), 1, seed=0)
 
 
 # ------------------------------------------------------------------------------------------ real readers

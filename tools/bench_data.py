@@ -61,19 +61,23 @@ def _config(row: str):
     return c
 
 
-def measure(config, workers: int, batches: int, warmup: int) -> tuple[float, tuple[int, ...]]:
-    """Returns (clips per second over the timed batches, the images shape of the last batch)."""
+def measure(config, workers: int, batches: int, warmup: int) -> tuple[float, float, tuple[int, ...]]:
+    """Returns (clips/s over the timed batches, CPU seconds per clip of this process, images shape).
+
+    The CPU time covers all loading only with ``workers=0`` (read threads run in this process).
+    """
     it = build_train_iterator(config, seed=0, num_workers=workers)
     try:
         for _ in range(warmup):
             next(it)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for _ in range(batches):
             batch = next(it)
-        elapsed = time.perf_counter() - t0
+        elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
     finally:
         it.close()
-    return batches * config.train.batch_size / elapsed, batch["images"].shape
+    clips = batches * config.train.batch_size
+    return clips / elapsed, cpu / clips, batch["images"].shape
 
 
 def main(argv):
@@ -82,14 +86,15 @@ def main(argv):
     for row in _ROWS.value:
         config = _config(row)
         for workers in (int(w) for w in _WORKERS.value):
-            rate, shape = measure(config, workers, _BATCHES.value, _WARMUP.value)
-            rows.append((row, workers, rate, shape))
-            print(f"{row:5s} workers={workers}: {rate:6.2f} clips/s  images {shape}", flush=True)
-    print()
-    print("| config | workers | clips/s | batch images [B,T,H,W,3] |")
-    print("|---|---|---|---|")
-    for row, workers, rate, shape in rows:
-        print(f"| {row} | {workers} | {rate:.2f} | {list(shape)} |")
+            rate, cpu, shape = measure(config, workers, _BATCHES.value, _WARMUP.value)
+            cpu_txt = f"{cpu * 1000:.0f}" if workers == 0 else "-"
+            rows.append((row, workers, rate, cpu_txt, shape))
+            print(f"{row:5s} workers={workers}: {rate:6.2f} clips/s  cpu/clip {cpu_txt} ms  images {shape}", flush=True)
+    print(f"\nload average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores\n")
+    print("| config | workers | clips/s | CPU ms/clip | batch images [B,T,H,W,3] |")
+    print("|---|---|---|---|---|")
+    for row, workers, rate, cpu_txt, shape in rows:
+        print(f"| {row} | {workers} | {rate:.2f} | {cpu_txt} | {list(shape)} |")
 
 
 if __name__ == "__main__":
