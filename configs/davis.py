@@ -27,10 +27,10 @@ def get_config(arg=None):
     d.frame_gap = 16
     d.class_agnostic = True
     d.datasets = dict(
-        coco=base.dataset("coco", "$COCO_DIR", "train2017", 0.25),
+        coco=base.dataset("coco", "$COCO_DIR", "train2017", 0.25, category_map="coco_to_davis"),
         youtube_vis=base.dataset("ytvis", "$YOUTUBE_VIS_DIR", "train", 0.35, frame_gap=8),
         davis=base.dataset("davis", "$DAVIS_DIR", "train", 0.30),
-        pascal_voc=base.dataset("pascal_voc", "$PASCAL_VOC_DIR", "train", 0.10),
+        pascal_voc=base.dataset("pascal_voc", "$PASCAL_VOC_DIR", "train", 0.10, category_map="voc_to_davis"),
     )
     d.val_dataset = base.dataset("davis", "$DAVIS_DIR", "val")
 

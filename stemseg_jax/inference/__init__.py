@@ -1,6 +1,7 @@
 """Inference post-processing: clip schedule, per-clip clustering, linking and per-benchmark outputs (spec §6)."""
 
 from stemseg_jax.inference.clustering import cluster_clip, clustering_options, free_dim_bandwidths
+from stemseg_jax.inference.forward import forward_clip
 from stemseg_jax.inference.linking import LinkedTracks, TrackChainer
 from stemseg_jax.inference.schedule import clip_schedule, collapse_repeated_frames
 from stemseg_jax.inference.tracks import (
@@ -23,6 +24,7 @@ __all__ = [
     "cluster_clip",
     "clustering_options",
     "collapse_repeated_frames",
+    "forward_clip",
     "free_dim_bandwidths",
     "kitti_detections",
     "masks_to_original",
