@@ -1,0 +1,141 @@
+"""Inference throughput and training memory.
+
+    python tools/bench_inference.py --config configs/kitti.py:tiny --frames 60
+    python tools/bench_inference.py --config configs/davis.py:stage2 --memory-only
+
+Part 1 (unless --memory-only): frames/s of full-video inference on a synthetic video (randomly initialised
+weights with calibrated frozen BN — throughput does not depend on the weights' values except through the
+number of clusters), split into backbone, heads (decoders), clustering, linking and writing.
+
+Part 2 (--memory, or --memory-only): peak memory of one train step (forward + loss + backward) for a clip of
+``data.num_frames`` frames at the config's full input size, from XLA's memory analysis of the compiled step
+(compile only, nothing runs), with and without rematerialisation of the decoders and backbone blocks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from stemseg_jax.config import load_config_file  # noqa: E402
+from stemseg_jax.preprocessing import compute_resize_dims, padded_dims  # noqa: E402
+
+
+def synthetic_video(num_frames: int, height: int, width: int, seed: int = 0) -> np.ndarray:
+    """Moving textured rectangles over a noisy background, ``[T, H, W, 3]`` uint8 BGR."""
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 255, (height, width, 3), np.uint8)
+    frames = np.repeat(base[None], num_frames, axis=0)
+    for _ in range(4):
+        h, w = height // 4, width // 6
+        y0, x0 = rng.integers(0, height - h), rng.integers(0, width - w)
+        vy, vx = rng.integers(-3, 4, 2)
+        colour = rng.integers(0, 255, 3, np.uint8)
+        for t in range(num_frames):
+            y = int(np.clip(y0 + vy * t, 0, height - h))
+            x = int(np.clip(x0 + vx * t, 0, width - w))
+            frames[t, y : y + h, x : x + w] = colour
+    return frames
+
+
+def bench_video(config, num_frames: int, height: int, width: int) -> dict:
+    from stemseg_jax.inference.tracks import write_davis_outputs, write_kitti_outputs
+    from stemseg_jax.inference.video import VideoSegmenter
+    from stemseg_jax.train.trainer import init_state
+
+    frames = synthetic_video(num_frames, height, width)
+    rh, rw = compute_resize_dims(height, width, config.data.min_dim, config.data.max_dim)
+    ph, pw = padded_dims(rh, rw)
+    state = init_state(config, np.zeros((1, config.data.num_frames, ph, pw, 3), np.uint8), jax.random.PRNGKey(0))
+    segmenter = VideoSegmenter(config, {"params": state["params"], **state["constants"]})
+    segmenter.segment(lambda t: frames[t], min(num_frames, config.data.num_frames + 2), (height, width))  # compile
+    t0 = time.perf_counter()
+    result = segmenter.segment(lambda t: frames[t], num_frames, (height, width))
+    total = time.perf_counter() - t0
+    chain = dict(scale=result.scale, resized_hw=result.resized_hw, original_hw=result.original_hw)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        if config.inference.benchmark == "kitti_mots":
+            write_kitti_outputs(tmp, "0000", result.linked, result.class_info, **chain)
+        else:
+            write_davis_outputs(tmp, "video", [f"{t:05d}" for t in range(num_frames)], result.linked, **chain)
+    writing = time.perf_counter() - t0
+    return {"total": total + writing, **result.timings, "writing": writing, "tracks": len(result.linked.order)}
+
+
+def train_step_memory(config, remat: bool) -> dict:
+    from stemseg_jax.losses import prepare_targets, stemseg_loss
+    from stemseg_jax.model import build_model
+
+    config = config.copy_and_resolve_references()
+    config.model.remat = remat
+    h, w = padded_dims(*compute_resize_dims(480, 854, config.data.min_dim, config.data.max_dim))
+    t, n_inst = config.data.num_frames, config.data.max_instances
+    model = build_model(config)
+    images = jax.ShapeDtypeStruct((1, t, h, w, 3), jnp.uint8)
+    variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), images)
+    batch = {
+        "images": images,
+        "masks": jax.ShapeDtypeStruct((1, n_inst, t, h, w), jnp.bool_),
+        "instance_valid": jax.ShapeDtypeStruct((1, n_inst), jnp.bool_),
+        "category_ids": jax.ShapeDtypeStruct((1, n_inst), jnp.int32),
+        "ignore": jax.ShapeDtypeStruct((1, t, h, w), jnp.bool_),
+    }
+
+    def loss_fn(params, batch):
+        outputs = model.apply({**variables, "params": params}, batch["images"])
+        return stemseg_loss(outputs, prepare_targets(batch, outputs["embeddings"].shape[2:4]), config)[0]
+
+    t0 = time.perf_counter()
+    compiled = jax.jit(jax.grad(loss_fn)).lower(variables["params"], batch).compile()
+    mem = compiled.memory_analysis()
+    gib = 1024**3
+    return {
+        "clip": f"1x{t}x{h}x{w}",
+        "temp_gib": mem.temp_size_in_bytes / gib,
+        "args_gib": mem.argument_size_in_bytes / gib,
+        "out_gib": mem.output_size_in_bytes / gib,
+        "peak_gib": (mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes) / gib,
+        "compile_s": time.perf_counter() - t0,
+    }
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True)
+    p.add_argument("--frames", type=int, default=60)
+    p.add_argument("--height", type=int, default=128)
+    p.add_argument("--width", type=int, default=256)
+    p.add_argument("--memory", action="store_true")
+    p.add_argument("--memory-only", action="store_true")
+    args = p.parse_args(argv)
+    config = load_config_file(args.config)
+    print(f"config {args.config}  device {jax.devices()[0].platform} x{jax.device_count()}")
+    if not args.memory_only:
+        r = bench_video(config, args.frames, args.height, args.width)
+        parts = ("backbone", "heads", "clustering", "linking", "writing")
+        print(f"| video | frames/s | {' | '.join(parts)} | tracks |")
+        print("|---|---|" + "---|" * len(parts) + "---|")
+        shares = " | ".join(f"{r[k]:.2f} s ({100 * r[k] / r['total']:.0f} %)" for k in parts)
+        video = f"{args.frames}x{args.height}x{args.width}"
+        print(f"| {video} | {args.frames / r['total']:.2f} | {shares} | {r['tracks']} |")
+    if args.memory or args.memory_only:
+        print("| train step | clip | remat | peak (args+temp+out) GiB | temp GiB | compile s |")
+        print("|---|---|---|---|---|---|")
+        for remat in (False, True):
+            m = train_step_memory(config, remat)
+            print(f"| {args.config} | {m['clip']} | {remat} | {m['peak_gib']:.2f} | {m['temp_gib']:.2f} | "
+                  f"{m['compile_s']:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
