@@ -78,6 +78,8 @@ class VideoSegmenter:
 
         cfg = self.config
         timings = {"backbone": 0.0, "heads": 0.0, "clustering": 0.0, "linking": 0.0}
+        # High-water marks of what is held per frame/clip: bounded by the clip length, not the video's.
+        self.peak_held = {"frame_features": 0, "pending_clips": 0, "frame_accumulators": 0}
         original_hw = (int(original_hw[0]), int(original_hw[1]))
         resized_hw = compute_resize_dims(*original_hw, *inference_dims(cfg))
         padded_hw = padded_dims(*resized_hw)
@@ -125,6 +127,10 @@ class VideoSegmenter:
                     seed_sum[f] = seed_sum.get(f, 0.0) + seed_np[p]
                     sem_count[f] = sem_count.get(f, 0) + 1
             pending.append((i, unique, emb, bw, seed))
+            held = {
+                "frame_features": len(features), "pending_clips": len(pending), "frame_accumulators": len(sem_count)
+            }
+            self.peak_held = {k: max(v, held[k]) for k, v in self.peak_held.items()}
             jax.block_until_ready(seed)
             timings["heads"] += time.perf_counter() - t0
             for f in list(features):
