@@ -287,3 +287,27 @@ def test_synthetic_datasets_through_the_readers(tmp_path_factory):
         assert b["instance_valid"].any(axis=1).all()
         valid_cats = b["category_ids"][b["instance_valid"]]
         assert ((valid_cats >= 1) & (valid_cats < config.model.num_classes)).all()
+
+
+def test_show_clips_writes_sheet_and_gif(tmp_path):
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from stemseg_jax.data import synthetic
+
+    data = synthetic.generate("kitti_mots", str(tmp_path / "kitti"), seed=1, num_train=2, num_val=0, num_frames=14)
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = tmp_path / "clips"
+    cmd = [
+        sys.executable, os.path.join(repo, "tools", "show_clips.py"), "--config", "configs/kitti.py:tiny",
+        f"--config.data.datasets.kitti_mots.root={data['root']}", "--config.train.num_steps=4",
+        "--num_batches", "2", "--out", str(out),
+    ]  # fmt: skip
+    result = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    sheet = cv2.imread(str(out / "clips.png"))
+    assert sheet is not None and sheet.shape[0] >= 4 * 96  # one row per clip: 2 batches x 2 clips
+    with Image.open(out / "clips.gif") as gif:
+        assert gif.n_frames == 8  # one animation frame per clip frame
