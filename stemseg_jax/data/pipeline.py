@@ -11,12 +11,13 @@ change the data.
 
 Buckets: each record's padded size follows from its height/width and the resize rule, so the plan
 knows every sample's padded shape before decoding anything. Shapes are split by orientation
-(landscape / portrait) and, within one, into up to ``BUCKETS_PER_ORIENTATION`` groups of equal
-expected sample count ordered by area; a bucket's shape is the elementwise maximum of its group, and
-a sample goes to the smallest bucket that contains it. All clips of a batch share one bucket, so a
-run compiles at most a handful of shapes (one per bucket) while a clip is padded only up to its
-bucket, not to the dataset maximum. An incomplete last batch of a bucket is filled up with random
-other samples of the same bucket.
+(landscape / portrait) and, within one, the distinct shapes sorted by area are cut into up to
+``BUCKETS_PER_ORIENTATION`` runs so that the expected padded area is least (a small dynamic
+programme weighted by each record's expected share of the samples); a bucket's shape is the
+elementwise maximum of its run, and a sample goes to the smallest bucket that contains it. All clips
+of a batch share one bucket, so a run compiles at most a handful of shapes (one per bucket) while a
+clip is padded only up to its bucket, not to the dataset maximum. An incomplete last batch of a
+bucket is filled up with random other samples of the same bucket.
 
 Workers: grain ``MapDataset`` (random access by step, which is what makes resumption free) mapped by
 a picklable ``BatchLoader``, turned into an ``IterDataset`` with in-process read threads and
@@ -100,25 +101,53 @@ def record_padded_dims(record, min_dim: int, max_dim: int) -> tuple[int, int]:
     return preprocessing.padded_dims(*preprocessing.compute_resize_dims(record.height, record.width, min_dim, max_dim))
 
 
+def _best_cuts(shapes: np.ndarray, weights: np.ndarray, max_groups: int) -> list[tuple[int, int]]:
+    """Cuts ``shapes [n, 2]`` (in order) into <= ``max_groups`` runs ``[i, j)`` of least padded area."""
+    n = len(shapes)
+    cum_w = np.concatenate([[0.0], np.cumsum(weights)])
+
+    def cost(i, j):  # shapes[i:j] padded to their elementwise maximum
+        top = shapes[i:j].max(axis=0)
+        return (cum_w[j] - cum_w[i]) * float(top[0] * top[1])
+
+    # best[k][j]: least cost of the first j shapes in k groups; cut[k][j]: where the last group starts.
+    best = [[0.0] + [np.inf] * n] + [[np.inf] * (n + 1) for _ in range(max_groups)]
+    cut = [[0] * (n + 1) for _ in range(max_groups + 1)]
+    for k in range(1, max_groups + 1):
+        for j in range(1, n + 1):
+            for i in range(k - 1, j):
+                c = best[k - 1][i] + cost(i, j)
+                if c < best[k][j]:
+                    best[k][j], cut[k][j] = c, i
+    k = min(range(1, max_groups + 1), key=lambda kk: best[kk][n])
+    runs, j = [], n
+    while j > 0:
+        runs.append((cut[k][j], j))
+        j, k = cut[k][j], k - 1
+    return runs[::-1]
+
+
 def choose_buckets(
     shapes: np.ndarray, weights: np.ndarray, per_orientation: int = BUCKETS_PER_ORIENTATION
 ) -> np.ndarray:
     """Bucket shapes for padded sizes ``shapes [N, 2]`` seen with relative frequencies ``weights [N]``.
 
-    Returns ``[K, 2]`` (H, W) with K <= 2 * per_orientation; every input shape fits in some bucket.
+    Per orientation, the distinct shapes sorted by area are cut into at most ``per_orientation``
+    contiguous groups so that the expected padded area (sum over samples of their bucket's area) is
+    smallest; a group's bucket is its elementwise maximum. Returns ``[K, 2]`` (H, W) with
+    K <= 2 * per_orientation; every input shape fits in some bucket.
     """
     buckets = []
     for portrait in (False, True):
         sel = (shapes[:, 0] > shapes[:, 1]) == portrait
         if not sel.any():
             continue
-        s, wts = shapes[sel], weights[sel]
-        order = np.argsort(s[:, 0] * s[:, 1], kind="stable")
-        s, wts = s[order], wts[order]
-        cum = np.cumsum(wts) / wts.sum()
-        group = np.minimum((cum * per_orientation - 1e-9).astype(int), per_orientation - 1)
-        for g in np.unique(group):
-            buckets.append(s[group == g].max(axis=0))
+        distinct, inverse = np.unique(shapes[sel], axis=0, return_inverse=True)
+        wts = np.bincount(inverse.ravel(), weights=weights[sel], minlength=len(distinct))
+        order = np.argsort(distinct[:, 0] * distinct[:, 1], kind="stable")
+        distinct, wts = distinct[order], wts[order]
+        for i, j in _best_cuts(distinct, wts, per_orientation):
+            buckets.append(distinct[i:j].max(axis=0))
     return np.unique(np.asarray(buckets, np.int64), axis=0)
 
 
@@ -149,12 +178,13 @@ def load_sources(config, records_by_dataset: Mapping[str, Sequence[Any]] | None 
     for n, recs in zip(names, records):
         if not recs:
             raise ValueError(f"dataset {n!r} has no records")
-    quotas = sampling.mixture_quotas({n: _cfg_get(c, "weight", 1.0) for n, c in zip(names, cfgs)}, 1)
+    # Expected share of the samples per record: the dataset's weight spread over its records.
+    ds_weights = sampling.mixture_quotas({n: _cfg_get(c, "weight", 1.0) for n, c in zip(names, cfgs)}, 10**9)
     shapes, weights = [], []
     for n, recs in zip(names, records):
         s = np.asarray([record_padded_dims(r, data.min_dim, data.max_dim) for r in recs], np.int64)
         shapes.append(s)
-        weights.append(np.full(len(recs), max(quotas[n], 1e-6) / len(recs)))
+        weights.append(np.full(len(recs), max(ds_weights[n], 1) / len(recs)))
     buckets = choose_buckets(np.concatenate(shapes), np.concatenate(weights))
     record_bucket = tuple(assign_buckets(s, buckets) for s in shapes)
     return DataSources(names, cfgs, records, record_bucket, buckets)
