@@ -16,6 +16,7 @@ import logging
 import os
 
 from absl import app, flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 MODES = ("train", "evaluate", "infer", "smoke")
@@ -69,7 +70,9 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if _CONFIG.value is None:
         raise app.UsageError("--config is required, e.g. --config configs/kitti.py")
-    logging.getLogger().setLevel(logging.INFO)
+    # Orbax and grain log every checkpoint step at INFO through absl; keep the console to our progress.
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    logging.getLogger("stemseg_jax").setLevel(logging.INFO)
     return run(_CONFIG.value, _WORKDIR.value, _MODE.value)
 
 
