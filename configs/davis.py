@@ -4,13 +4,14 @@ Variants (``configs/davis.py:stage2,tiny``):
   stage2   — 16-frame clips with the whole backbone + FPN frozen, initialised from stage 1
   official — the official davis_1/davis_2 schedules instead of the seed's
   tiny     — narrow model and small frames for tests and the demo
+  demo     — train on the synthetic DAVIS-format data in $STEMSEG_DEMO_DATA (tools/demo.sh); use with tiny
 """
 
 from stemseg_jax import config as base
 
 
 def get_config(arg=None):
-    variants = base.parse_variants(arg, ("stage2", "official", "tiny"))
+    variants = base.parse_variants(arg, ("stage2", "official", "tiny", "demo"))
     c = base.base_config()
     c.name = "davis"
     m = c.model
@@ -58,4 +59,21 @@ def get_config(arg=None):
         t.init_checkpoint = "$WORKDIR_STAGE1"
     if "tiny" in variants:
         c = base.make_tiny(c)
+    if "demo" in variants:
+        # DAVIS alone: the official mix supervises the seediness background through COCO / YouTube-VIS / VOC
+        # clips, which the demo does not have, so DAVIS background is not turned into ignore here.
+        c.data.datasets = dict(
+            davis=base.dataset("davis", "$STEMSEG_DEMO_DATA", "train", 1.0, background_as_ignore=False)
+        )
+        c.data.val_dataset = base.dataset("davis", "$STEMSEG_DEMO_DATA", "val")
+        _demo_schedule(c)
     return c
+
+
+def _demo_schedule(c):
+    """A model trained from scratch for minutes: a larger constant rate, then decay over the last third."""
+    c.data.num_workers = 1
+    c.train.num_steps, c.train.decay_start = 1500, 1000
+    c.train.learning_rate, c.train.final_learning_rate = 1e-2, 1e-3
+    c.train.checkpoint_every = 250
+    c.train.log_every = 25

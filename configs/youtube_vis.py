@@ -1,13 +1,14 @@
 """YouTube-VIS 2019 (spec §2.7, §5.1, seed Sec. II).
 
-Variants: official (the official 160k schedule), tiny.
+Variants: official (the official 160k schedule), tiny, demo (train on the synthetic YouTube-VIS-format
+data in $STEMSEG_DEMO_DATA, see tools/demo.sh; use with tiny).
 """
 
 from stemseg_jax import config as base
 
 
 def get_config(arg=None):
-    variants = base.parse_variants(arg, ("official", "tiny"))
+    variants = base.parse_variants(arg, ("official", "tiny", "demo"))
     c = base.base_config()
     c.name = "youtube_vis"
     m = c.model
@@ -43,4 +44,13 @@ def get_config(arg=None):
     if "tiny" in variants:
         c = base.make_tiny(c)
         c.model.semseg_channels = (32, 32, 32, 32)
+    if "demo" in variants:
+        c.data.datasets = dict(youtube_vis=base.dataset("ytvis", "$STEMSEG_DEMO_DATA", "train", 1.0))
+        c.data.val_dataset = base.dataset("ytvis", "$STEMSEG_DEMO_DATA", "valid",
+                                          gt_json="$STEMSEG_DEMO_DATA/valid_gt.json")
+        c.data.num_workers = 1
+        c.train.num_steps, c.train.decay_start = 1500, 1000
+        c.train.learning_rate, c.train.final_learning_rate = 1e-2, 1e-3
+        c.train.checkpoint_every = 250
+        c.train.log_every = 25
     return c

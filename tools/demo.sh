@@ -1,31 +1,40 @@
 #!/usr/bin/env bash
-# The demo, from a fresh clone: install, generate a synthetic KITTI-MOTS-format dataset, train the :tiny
-# model on it for a few minutes on the CPU, evaluate sMOTSA / MOTSA / HOTA on the held-out synthetic
-# sequences, and write overlay GIFs. Everything goes to demo_output/ (override with DEMO_DIR).
-#   DEMO_STEPS=N   optimizer steps (default: the config's demo schedule)
+# The demo, from a fresh clone: install, generate a synthetic dataset in a real benchmark format, train the
+# :tiny model on it for a few minutes on the CPU, evaluate it on the held-out synthetic videos with the
+# benchmark's metric, and write overlay GIFs. Everything goes to demo_output/<format>/.
+#   DEMO_FORMAT=kitti_mots|davis|ytvis   (default kitti_mots: sMOTSA / MOTSA / HOTA)
+#   DEMO_STEPS=N                         optimizer steps (default: the config's demo schedule)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT="${DEMO_DIR:-demo_output}"
+FORMAT="${DEMO_FORMAT:-kitti_mots}"
+case "$FORMAT" in
+  kitti_mots) CONFIG="configs/kitti.py:tiny,demo" ;;
+  davis) CONFIG="configs/davis.py:tiny,demo" ;;
+  ytvis) CONFIG="configs/youtube_vis.py:tiny,demo" ;;
+  *) echo "DEMO_FORMAT must be kitti_mots, davis or ytvis, got '$FORMAT'" >&2; exit 2 ;;
+esac
+OUT="${DEMO_DIR:-demo_output}/$FORMAT"
 python -m pip install -q --disable-pip-version-check -e .
-export STEMSEG_DEMO_DATA="$OUT/data/kitti_mots"
-CONFIG="configs/kitti.py:tiny,demo"
-EXTRA=()
-if [[ -n "${DEMO_STEPS:-}" ]]; then EXTRA+=("--config.train.num_steps=$DEMO_STEPS"); fi
+export STEMSEG_DEMO_DATA="$OUT/data"
+ARGS=(--config "$CONFIG" --workdir "$OUT/run")
+if [[ -n "${DEMO_STEPS:-}" ]]; then ARGS+=("--config.train.num_steps=$DEMO_STEPS"); fi
 
-echo "== 1/4 synthetic KITTI-MOTS data -> $STEMSEG_DEMO_DATA"
-if [[ ! -d "$STEMSEG_DEMO_DATA/instances_txt" ]]; then
-  python tools/make_synthetic_dataset.py --format kitti_mots --out "$STEMSEG_DEMO_DATA" --seed 0 > /dev/null
+echo "== 1/4 synthetic $FORMAT data -> $STEMSEG_DEMO_DATA"
+if [[ ! -f "$STEMSEG_DEMO_DATA/synthetic_info.json" ]]; then
+  python tools/make_synthetic_dataset.py --format "$FORMAT" --out "$STEMSEG_DEMO_DATA" --seed 0 > /dev/null
 fi
-echo "== 2/4 training the :tiny model (resumes if $OUT/run has checkpoints)"
-python -m stemseg_jax.main --config "$CONFIG" --workdir "$OUT/run" --mode train "${EXTRA[@]}"
-echo "== 3/4 evaluating on the synthetic val sequences"
-python -m stemseg_jax.main --config "$CONFIG" --workdir "$OUT/run" --mode evaluate "${EXTRA[@]}"
-echo "== 4/4 overlay GIFs of the val sequences"
-for seq in "$STEMSEG_DEMO_DATA"/training/image_02/*; do
-  name=$(basename "$seq")
-  if [[ -f "$STEMSEG_DEMO_DATA/instances_txt/$name.txt" ]] && grep -qx "$name" <(printf '%s\n' 0002 0006 0007); then
-    python -m stemseg_jax.main --config "$CONFIG" --workdir "$OUT/run" --mode infer \
-      --config.inference.input="$seq" "${EXTRA[@]}" 2>/dev/null | tail -1
-  fi
+echo "== 2/4 training the :tiny model (resumes from $OUT/run/checkpoints if there are any)"
+python -m stemseg_jax.main "${ARGS[@]}" --mode train
+echo "== 3/4 evaluating on the synthetic val videos"
+python -m stemseg_jax.main "${ARGS[@]}" --mode evaluate
+echo "== 4/4 overlay GIFs of the val videos"
+python - "$CONFIG" <<'PY' | while read -r frames; do
+import os, sys
+from stemseg_jax.config import load_config_file
+from stemseg_jax.data import load_dataset
+for record in load_dataset(load_config_file(sys.argv[1]).data.val_dataset):
+    print(os.path.dirname(record.frame_paths[0]))
+PY
+  python -m stemseg_jax.main "${ARGS[@]}" --mode infer --config.inference.input="$frames" | tail -1
 done
-echo "done: metrics in $OUT/run/eval/kitti_mots/metrics.json, GIFs in $OUT/run/infer/*/overlay.gif"
+echo "done: metrics in $OUT/run/eval/*/metrics.json, GIFs in $OUT/run/infer/*/overlay.gif"
