@@ -154,3 +154,16 @@ def test_cli_evaluate_and_check(tmp_path):
     os.remove(os.path.join(res, "s1", "00001.png"))
     bad = subprocess.run(cmd + ["--check"], capture_output=True, text=True, env=env)
     assert bad.returncode == 1 and "missing result frame 00001" in bad.stdout
+
+
+def test_rle_areas_beyond_pycocotools_uint8_limit():
+    """pycocotools' area() overflows on numpy 2 past 255 RLEs; our wrapper must not."""
+    from pycocotools import mask as mask_utils
+
+    from stemseg_jax.evaluation._io import rle_areas
+
+    rng = np.random.default_rng(0)
+    masks = rng.random((300, 12, 10)) < 0.3
+    rles = [mask_utils.encode(np.asfortranarray(m.astype(np.uint8))) for m in masks]
+    np.testing.assert_array_equal(rle_areas(rles), masks.reshape(300, -1).sum(1))
+    assert rle_areas([]).shape == (0,)

@@ -78,3 +78,16 @@ def read_index_png(path: str) -> np.ndarray:
         if img.mode not in ("P", "L", "I", "I;16"):
             raise ValueError(f"{path}: expected an indexed (P) or single-channel PNG, got mode {img.mode}")
         return np.array(img)
+
+
+def rle_areas(rles: list) -> np.ndarray:
+    """``pycocotools.mask.area`` over any number of RLEs, as ``int64 [N]``.
+
+    pycocotools 2.0.x builds its output with ``np.array((n,), dtype=np.uint8)``, which numpy 2 rejects
+    (OverflowError) once a call gets more than 255 RLEs; chunks of 255 avoid that.
+    """
+    from pycocotools import mask as mask_utils
+
+    rles = list(rles)
+    chunks = [np.asarray(mask_utils.area(rles[i : i + 255]), np.int64).reshape(-1) for i in range(0, len(rles), 255)]
+    return np.concatenate(chunks) if chunks else np.zeros(0, np.int64)

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from stemseg_jax.evaluation._io import atomic_write_bytes, atomic_write_indexed_png, atomic_write_text
+from stemseg_jax.evaluation._io import atomic_write_bytes, atomic_write_indexed_png, atomic_write_text, rle_areas
 
 MAX_DAVIS_PROPOSALS = 20
 KITTI_CAR, KITTI_PEDESTRIAN, KITTI_IGNORE = 1, 2, 10
@@ -195,7 +195,7 @@ def check_no_overlap(rles: list[dict], where: str) -> None:
     """Raises if two masks of one frame overlap (the MOTS format forbids it; both official tools reject it)."""
     if len(rles) < 2:
         return
-    areas = mask_utils.area(rles).astype(np.int64)
+    areas = rle_areas(rles)
     merged = int(mask_utils.area(mask_utils.merge(rles, intersect=False)))
     if merged != int(areas.sum()):
         # Locate one offending pair for the message; crowd IoU (intersection / own area) > 0 marks overlap.
@@ -241,7 +241,7 @@ def kitti_mots_postprocess(lines: Sequence[str], params: dict | None = None) -> 
         dets.append((int(f[0]), int(f[1]), int(f[2]), rle, line.strip()))
     if not dets:
         return []
-    areas = mask_utils.area([d[3] for d in dets])
+    areas = rle_areas([d[3] for d in dets])
     boxes = mask_utils.toBbox([d[3] for d in dets])
     box_areas = boxes[:, 2] * boxes[:, 3]
     ratios = np.where(box_areas > 0, areas / np.maximum(box_areas, 1e-12), 0.0)

@@ -19,6 +19,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.cocoeval import COCOeval
 
+from stemseg_jax.evaluation._io import rle_areas
 from stemseg_jax.evaluation.writers import to_coco_rle
 
 # ytvoseval's area ranges (on the mean per-frame area), not COCO's 32^2 / 96^2.
@@ -123,7 +124,7 @@ def load_results(results_json, gt: dict) -> list[dict]:
 
 def _rle_areas(rles: list) -> list:
     present = [r for r in rles if r is not None]
-    areas = iter(mask_utils.area(present).tolist() if present else [])
+    areas = iter(rle_areas(present).tolist())
     return [next(areas) if r is not None else None for r in rles]
 
 
@@ -144,8 +145,8 @@ def tube_iou(dts: list[list], gts: list[list]) -> np.ndarray:
         gi = [j for j, s in enumerate(gts) if t < len(s) and s[t] is not None]
         d_rles = [dts[i][t] for i in di]
         g_rles = [gts[j][t] for j in gi]
-        ad = mask_utils.area(d_rles).astype(np.float64) if di else np.zeros(0)
-        ag = mask_utils.area(g_rles).astype(np.float64) if gi else np.zeros(0)
+        ad = rle_areas(d_rles).astype(np.float64) if di else np.zeros(0)
+        ag = rle_areas(g_rles).astype(np.float64) if gi else np.zeros(0)
         area_d[di] += ad
         area_g[gi] += ag
         if di and gi:

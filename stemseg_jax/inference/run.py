@@ -158,7 +158,7 @@ def _list_frames(path: str) -> tuple[int, callable, tuple[int, int]]:
 def infer_input(config, workdir: str) -> str:
     """Segments ``config.inference.input`` (a video file or a folder of frames) and writes
     ``masks/<frame>.png`` (indexed PNGs, one id per track), ``overlay.mp4`` and ``overlay.gif``."""
-    from stemseg_jax.evaluation.writers import write_davis_sequence
+    from stemseg_jax.evaluation._io import atomic_write_indexed_png
 
     path = os.path.abspath(os.path.expandvars(config.inference.input or ""))
     if not config.inference.input:
@@ -172,7 +172,8 @@ def infer_input(config, workdir: str) -> str:
     )
     name = os.path.splitext(os.path.basename(path.rstrip("/")))[0]
     out_dir = os.path.join(os.path.abspath(workdir), "infer", name)
-    write_davis_sequence(out_dir, "masks", [f"{t:05d}" for t in range(n)], label_maps)
+    for t in range(n):  # up to 255 tracks (the DAVIS writer stops at the benchmark's 20)
+        atomic_write_indexed_png(os.path.join(out_dir, "masks", f"{t:05d}.png"), label_maps[t])
     overlays = [overlay(load(t), label_maps[t]) for t in range(n)]
     write_overlay_video(os.path.join(out_dir, "overlay.mp4"), overlays)
     write_gif(os.path.join(out_dir, "overlay.gif"), overlays)
