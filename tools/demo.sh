@@ -7,10 +7,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FORMAT="${DEMO_FORMAT:-kitti_mots}"
+# More (and longer) synthetic videos than the generator's defaults: a few minutes of training overfit 8 videos.
 case "$FORMAT" in
-  kitti_mots) CONFIG="configs/kitti.py:tiny,demo" ;;
-  davis) CONFIG="configs/davis.py:tiny,demo" ;;
-  ytvis) CONFIG="configs/youtube_vis.py:tiny,demo" ;;
+  kitti_mots) CONFIG="configs/kitti.py:tiny,demo"; DATA_ARGS=(--num_train 12 --num_frames 80) ;;
+  davis) CONFIG="configs/davis.py:tiny,demo"; DATA_ARGS=(--num_train 24 --num_frames 40) ;;
+  ytvis) CONFIG="configs/youtube_vis.py:tiny,demo"; DATA_ARGS=(--num_train 24 --num_frames 30) ;;
   *) echo "DEMO_FORMAT must be kitti_mots, davis or ytvis, got '$FORMAT'" >&2; exit 2 ;;
 esac
 OUT="${DEMO_DIR:-demo_output}/$FORMAT"
@@ -21,7 +22,8 @@ if [[ -n "${DEMO_STEPS:-}" ]]; then ARGS+=("--config.train.num_steps=$DEMO_STEPS
 
 echo "== 1/4 synthetic $FORMAT data -> $STEMSEG_DEMO_DATA"
 if [[ ! -f "$STEMSEG_DEMO_DATA/synthetic_info.json" ]]; then
-  python tools/make_synthetic_dataset.py --format "$FORMAT" --out "$STEMSEG_DEMO_DATA" --seed 0 > /dev/null
+  python tools/make_synthetic_dataset.py --format "$FORMAT" --out "$STEMSEG_DEMO_DATA" --seed 0 "${DATA_ARGS[@]}" \
+    > /dev/null
 fi
 echo "== 2/4 training the :tiny model (resumes from $OUT/run/checkpoints if there are any)"
 python -m stemseg_jax.main "${ARGS[@]}" --mode train
