@@ -30,21 +30,27 @@ from stemseg_jax.config import load_config_file  # noqa: E402
 from stemseg_jax.preprocessing import compute_resize_dims, padded_dims  # noqa: E402
 
 
-def synthetic_video(num_frames: int, height: int, width: int, seed: int = 0) -> np.ndarray:
-    """Moving textured rectangles over a noisy background, ``[T, H, W, 3]`` uint8 BGR."""
-    rng = np.random.default_rng(seed)
-    base = rng.integers(0, 255, (height, width, 3), np.uint8)
-    frames = np.repeat(base[None], num_frames, axis=0)
-    for _ in range(4):
-        h, w = height // 4, width // 6
-        y0, x0 = rng.integers(0, height - h), rng.integers(0, width - w)
-        vy, vx = rng.integers(-3, 4, 2)
-        colour = rng.integers(0, 255, 3, np.uint8)
-        for t in range(num_frames):
+class SyntheticVideo:
+    """Moving coloured rectangles over a fixed noisy background; frame ``t`` (BGR uint8) made on demand,
+    so that a long video costs no memory of its own."""
+
+    def __init__(self, height: int, width: int, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        self.base = rng.integers(0, 255, (height, width, 3), np.uint8)
+        self.boxes = []
+        for _ in range(4):
+            h, w = height // 4, width // 6
+            self.boxes.append((h, w, rng.integers(0, height - h), rng.integers(0, width - w),
+                               *rng.integers(-3, 4, 2), rng.integers(0, 255, 3, np.uint8)))
+
+    def __call__(self, t: int) -> np.ndarray:
+        frame = self.base.copy()
+        height, width = frame.shape[:2]
+        for h, w, y0, x0, vy, vx, colour in self.boxes:
             y = int(np.clip(y0 + vy * t, 0, height - h))
             x = int(np.clip(x0 + vx * t, 0, width - w))
-            frames[t, y : y + h, x : x + w] = colour
-    return frames
+            frame[y : y + h, x : x + w] = colour
+        return frame
 
 
 def bench_video(config, num_frames: int, height: int, width: int) -> dict:
@@ -52,14 +58,14 @@ def bench_video(config, num_frames: int, height: int, width: int) -> dict:
     from stemseg_jax.inference.video import VideoSegmenter
     from stemseg_jax.train.trainer import init_state
 
-    frames = synthetic_video(num_frames, height, width)
+    frames = SyntheticVideo(height, width)
     rh, rw = compute_resize_dims(height, width, config.data.min_dim, config.data.max_dim)
     ph, pw = padded_dims(rh, rw)
     state = init_state(config, np.zeros((1, config.data.num_frames, ph, pw, 3), np.uint8), jax.random.PRNGKey(0))
     segmenter = VideoSegmenter(config, {"params": state["params"], **state["constants"]})
-    segmenter.segment(lambda t: frames[t], min(num_frames, config.data.num_frames + 2), (height, width))  # compile
+    segmenter.segment(frames, min(num_frames, config.data.num_frames + 2), (height, width))  # compile
     t0 = time.perf_counter()
-    result = segmenter.segment(lambda t: frames[t], num_frames, (height, width))
+    result = segmenter.segment(frames, num_frames, (height, width))
     total = time.perf_counter() - t0
     chain = dict(scale=result.scale, resized_hw=result.resized_hw, original_hw=result.original_hw)
     t0 = time.perf_counter()
@@ -115,10 +121,18 @@ def main(argv=None):
     p.add_argument("--frames", type=int, default=60)
     p.add_argument("--height", type=int, default=128)
     p.add_argument("--width", type=int, default=256)
+    p.add_argument("--dims", type=int, nargs=2, metavar=("MIN", "MAX"),
+                   help="override data/inference min_dim and max_dim (the network input size)")
+    p.add_argument("--rss", action="store_true",
+                   help="also print this process's peak resident memory (for streaming checks: run once with "
+                        "--frames 30 and once with --frames 300)")
     p.add_argument("--memory", action="store_true")
     p.add_argument("--memory-only", action="store_true")
     args = p.parse_args(argv)
     config = load_config_file(args.config)
+    if args.dims:
+        config.data.min_dim, config.data.max_dim = args.dims
+        config.inference.min_dim, config.inference.max_dim = args.dims
     print(f"config {args.config}  device {jax.devices()[0].platform} x{jax.device_count()}")
     if not args.memory_only:
         r = bench_video(config, args.frames, args.height, args.width)
@@ -128,6 +142,10 @@ def main(argv=None):
         shares = " | ".join(f"{r[k]:.2f} s ({100 * r[k] / r['total']:.0f} %)" for k in parts)
         video = f"{args.frames}x{args.height}x{args.width}"
         print(f"| {video} | {args.frames / r['total']:.2f} | {shares} | {r['tracks']} |")
+        if args.rss:
+            import resource
+
+            print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
     if args.memory or args.memory_only:
         print("| train step | clip | remat | peak (args+temp+out) GiB | temp GiB | compile s |")
         print("|---|---|---|---|---|---|")
