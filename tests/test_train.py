@@ -153,3 +153,17 @@ def test_two_devices_give_the_same_update_as_one_with_accumulation():
         [sys.executable, "-c", TWO_DEVICES.format(repo=REPO)], env=env, capture_output=True, text=True, timeout=600
     )
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def test_init_checkpoint_loads_a_previous_run(kitti_data, tmp_path):
+    """Second stages start from a first stage's checkpoint step directory (train.init_checkpoint)."""
+    config = _tiny_train_config(kitti_data)
+    config.train.num_steps, config.train.decay_start = 1, 0
+    first = train(config, str(tmp_path / "stage1"), progress=False)
+    config.train.init_checkpoint = str(tmp_path / "stage1" / "checkpoints" / "1")
+    config.train.learning_rate = 0.0  # a zero step keeps the loaded parameters
+    config.train.schedule = "constant"
+    second = train(config, str(tmp_path / "stage2"), progress=False)
+    a, b = _flat(first["params"]), _flat(second["params"])
+    for k in a:
+        np.testing.assert_array_equal(b[k], a[k], err_msg=k)

@@ -37,6 +37,6 @@ from stemseg_jax.data import load_dataset
 for record in load_dataset(load_config_file(sys.argv[1]).data.val_dataset):
     print(os.path.dirname(record.frame_paths[0]))
 PY
-  python -m stemseg_jax.main "${ARGS[@]}" --mode infer --config.inference.input="$frames" | tail -1
+  python -m stemseg_jax.main "${ARGS[@]}" --mode infer --config.inference.input="$frames" < /dev/null | tail -1
 done
 echo "done: metrics in $OUT/run/eval/*/metrics.json, GIFs in $OUT/run/infer/*/overlay.gif"

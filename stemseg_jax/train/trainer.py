@@ -67,6 +67,8 @@ def _merge_init_checkpoint(variables: dict, path: str, backbone_only: bool) -> d
     path = os.path.abspath(os.path.expandvars(path))
     if not os.path.exists(path):
         raise FileNotFoundError(f"train.init_checkpoint: {path} does not exist")
+    if os.path.isdir(os.path.join(path, "default")):  # a CheckpointManager step directory
+        path = os.path.join(path, "default")
     restored = ocp.StandardCheckpointer().restore(path)
     if "constants" in restored:  # a train state (e.g. stage 1): take its variables
         restored = {"params": restored["params"], **restored["constants"]}
