@@ -167,7 +167,8 @@ def train(
     """Trains ``config`` in ``workdir``, resuming from the newest checkpoint found there.
 
     Args:
-      batches: optional factory override for tests; by default ``stemseg_jax.data.build_train_iterator``.
+      batches: an iterator of host batches starting at the resume step; by default
+        ``stemseg_jax.data.build_train_iterator`` (closed at the end, which stops its worker processes).
       stop_after: end this run after this many optimizer steps (the run can be resumed later).
     Returns the final train state (on the host).
     """
@@ -223,4 +224,6 @@ def train(
     finally:
         manager.wait_until_finished()
         logger.close()
+        if hasattr(batches, "close"):
+            batches.close()
     return jax.device_get(state)
