@@ -66,17 +66,6 @@ def get_config(arg=None):
             davis=base.dataset("davis", "$STEMSEG_DEMO_DATA", "train", 1.0, background_as_ignore=False)
         )
         c.data.val_dataset = base.dataset("davis", "$STEMSEG_DEMO_DATA", "val")
-        _demo_schedule(c)
+        base.apply_demo_training(c)
     return c
 
-
-def _demo_schedule(c):
-    """A model trained from scratch for minutes: a larger constant rate, then decay over the last third."""
-    c.data.num_workers = 1
-    # the synthetic frames' native size (~128x256): 4x4 px at 1/4 resolution would cap the mask IoU
-    c.data.min_dim, c.data.max_dim = 128, 256
-    c.inference.min_dim, c.inference.max_dim = 128, 256
-    c.train.num_steps, c.train.decay_start = 3000, 2000
-    c.train.learning_rate, c.train.final_learning_rate = 1e-2, 1e-3
-    c.train.checkpoint_every = 500
-    c.train.log_every = 25

@@ -62,14 +62,5 @@ def get_config(arg=None):
         # The synthetic data follows the spec's train/val sequence split, so no sequence lists are needed.
         c.data.datasets = dict(kitti_mots=base.dataset("kitti_mots", "$STEMSEG_DEMO_DATA", "train", 1.0))
         c.data.val_dataset = base.dataset("kitti_mots", "$STEMSEG_DEMO_DATA", "val")
-        c.data.num_workers = 1
-        # the synthetic frames' native size (~128x256): 4x4 px at 1/4 resolution would cap the mask IoU
-        c.data.min_dim, c.data.max_dim = 128, 256
-        c.inference.min_dim, c.inference.max_dim = 128, 256
-        # A model trained from scratch for minutes, not a Mask R-CNN backbone trained for days: a larger
-        # constant rate, then decay over the last third; the seed's recipe is unchanged otherwise.
-        c.train.num_steps, c.train.decay_start = 3000, 2000
-        c.train.learning_rate, c.train.final_learning_rate = 1e-2, 1e-3
-        c.train.checkpoint_every = 500
-        c.train.log_every = 25
+        base.apply_demo_training(c)
     return c
