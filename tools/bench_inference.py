@@ -97,12 +97,13 @@ def train_step_memory(config, remat: bool) -> dict:
         "ignore": jax.ShapeDtypeStruct((1, t, h, w), jnp.bool_),
     }
 
-    def loss_fn(params, batch):
-        outputs = model.apply({**variables, "params": params}, batch["images"])
+    def loss_fn(params, constants, batch):
+        outputs = model.apply({**constants, "params": params}, batch["images"])
         return stemseg_loss(outputs, prepare_targets(batch, outputs["embeddings"].shape[2:4]), config)[0]
 
+    constants = {k: v for k, v in variables.items() if k != "params"}
     t0 = time.perf_counter()
-    compiled = jax.jit(jax.grad(loss_fn)).lower(variables["params"], batch).compile()
+    compiled = jax.jit(jax.grad(loss_fn)).lower(variables["params"], constants, batch).compile()
     mem = compiled.memory_analysis()
     gib = 1024**3
     return {
