@@ -18,7 +18,9 @@ OUT="${DEMO_DIR:-demo_output}/$FORMAT"
 python -m pip install -q --disable-pip-version-check -e .
 export STEMSEG_DEMO_DATA="$OUT/data"
 ARGS=(--config "$CONFIG" --workdir "$OUT/run")
-if [[ -n "${DEMO_STEPS:-}" ]]; then ARGS+=("--config.train.num_steps=$DEMO_STEPS"); fi
+if [[ -n "${DEMO_STEPS:-}" ]]; then  # keep the demo schedule's shape: decay over the last third
+  ARGS+=("--config.train.num_steps=$DEMO_STEPS" "--config.train.decay_start=$((DEMO_STEPS * 2 / 3))")
+fi
 
 echo "== 1/4 synthetic $FORMAT data -> $STEMSEG_DEMO_DATA"
 if [[ ! -f "$STEMSEG_DEMO_DATA/synthetic_info.json" ]]; then
