@@ -34,7 +34,7 @@ def generated_batch(config, *, height: int, width: int, num_instances: int = 3, 
 
 
 def run_smoke(config, height: int | None = None, width: int | None = None) -> dict:
-    from stemseg_jax.losses import prepare_targets, stemseg_loss
+    from stemseg_jax.train.trainer import make_loss_fn
 
     height = height or config.data.min_dim
     width = width or config.data.max_dim
@@ -45,16 +45,12 @@ def run_smoke(config, height: int | None = None, width: int | None = None) -> di
     jax.block_until_ready(variables)
     t_init = time.perf_counter() - t0
 
-    def loss_fn(params, batch):
-        outputs = model.apply({**variables, "params": params}, batch["images"])
-        targets = prepare_targets(batch, outputs["embeddings"].shape[2:4])
-        return stemseg_loss(outputs, targets, config)
-
+    constants = {k: v for k, v in variables.items() if k != "params"}
     forward = jax.jit(lambda v, x: model.apply(v, x))
-    grad = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
+    grad = jax.jit(jax.value_and_grad(make_loss_fn(config), has_aux=True))
     timings = {}
     for name, fn in (("forward", lambda: forward(variables, batch["images"])),
-                     ("forward+loss+backward", lambda: grad(variables["params"], batch))):
+                     ("forward+loss+backward", lambda: grad(variables["params"], constants, batch))):
         t0 = time.perf_counter()
         out = jax.block_until_ready(fn())
         first = time.perf_counter() - t0

@@ -79,8 +79,8 @@ def bench_video(config, num_frames: int, height: int, width: int) -> dict:
 
 
 def train_step_memory(config, remat: bool) -> dict:
-    from stemseg_jax.losses import prepare_targets, stemseg_loss
     from stemseg_jax.model import build_model
+    from stemseg_jax.train.trainer import make_loss_fn
 
     config = config.copy_and_resolve_references()
     config.model.remat = remat
@@ -97,13 +97,10 @@ def train_step_memory(config, remat: bool) -> dict:
         "ignore": jax.ShapeDtypeStruct((1, t, h, w), jnp.bool_),
     }
 
-    def loss_fn(params, constants, batch):
-        outputs = model.apply({**constants, "params": params}, batch["images"])
-        return stemseg_loss(outputs, prepare_targets(batch, outputs["embeddings"].shape[2:4]), config)[0]
-
     constants = {k: v for k, v in variables.items() if k != "params"}
     t0 = time.perf_counter()
-    compiled = jax.jit(jax.grad(loss_fn)).lower(variables["params"], constants, batch).compile()
+    grad = jax.grad(make_loss_fn(config), has_aux=True)
+    compiled = jax.jit(grad).lower(variables["params"], constants, batch).compile()
     mem = compiled.memory_analysis()
     gib = 1024**3
     return {

@@ -56,15 +56,13 @@ def bench_config(config, label: str, args) -> list[tuple]:
     rows = [(label, "forward", _time(lambda: fwd(variables, batch["images"]), args.repeats), _flops(fwd))]
     if args.no_train_step:
         return rows
-    from stemseg_jax.losses import prepare_targets, stemseg_loss
+    from stemseg_jax.train.trainer import make_loss_fn
 
-    def loss_fn(params, batch):
-        outputs = model.apply({**variables, "params": params}, batch["images"])
-        targets = prepare_targets(batch, outputs["embeddings"].shape[2:4])
-        return stemseg_loss(outputs, targets, config)[0]
-
-    step = jax.jit(jax.value_and_grad(loss_fn)).lower(variables["params"], batch).compile()
-    rows.append((label, "train step", _time(lambda: step(variables["params"], batch), args.repeats), _flops(step)))
+    constants = {k: v for k, v in variables.items() if k != "params"}
+    grad = jax.value_and_grad(make_loss_fn(config), has_aux=True)
+    step = jax.jit(grad).lower(variables["params"], constants, batch).compile()
+    t_step = _time(lambda: step(variables["params"], constants, batch), args.repeats)
+    rows.append((label, "train step", t_step, _flops(step)))
     return rows
 
 

@@ -120,7 +120,7 @@ def _score(config, benchmark, results_dir, records, ytvis_entries, evaluation):
         result = evaluation.evaluate_davis(root, results_dir, sequences=[r.name for r in records])
     else:
         paths = evaluation.writers.write_ytvis_results(results_dir, ytvis_entries)
-        gt_json = val.get("gt_json", "") if hasattr(val, "get") else ""
+        gt_json = val.get("gt_json", "")
         if not gt_json:
             print(f"wrote {paths[0]}; no ground truth configured (data.val_dataset.gt_json), so no metrics "
                   "(YouTube-VIS val ground truth is private: upload results.zip to the evaluation server)")

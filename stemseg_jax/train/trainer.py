@@ -87,18 +87,27 @@ def _merge_init_checkpoint(variables: dict, path: str, backbone_only: bool) -> d
     return traverse_util.unflatten_dict(ours)
 
 
+def make_loss_fn(config: ml_collections.ConfigDict):
+    """``loss_fn(params, constants, batch) -> (total, terms)``: the network on ``batch["images"]``, the
+    targets brought to its output resolution, and the STEm-Seg loss. ``constants`` are the non-trained
+    collections (``frozen_bn``, ``buffers``). Shared by training, the smoke mode and the benchmarks."""
+    model = build_model(config)
+
+    def loss_fn(params, constants, batch):
+        outputs = model.apply({"params": params, **constants}, batch["images"])
+        targets = prepare_targets(batch, outputs["embeddings"].shape[2:4])
+        return stemseg_loss(outputs, targets, config)
+
+    return loss_fn
+
+
 def make_train_step(config: ml_collections.ConfigDict, mesh: Mesh):
     """Returns ``step(state, batch) -> (state, metrics)``, jit-compiled over ``mesh``.
 
     ``batch`` arrays are ``[A, D, ...]``: A accumulation micro-batches of D clips, one per device.
     """
-    model = build_model(config)
     schedule = learning_rate_schedule(config.train)
-
-    def loss_fn(params, constants, micro):
-        outputs = model.apply({"params": params, **constants}, micro["images"])
-        targets = prepare_targets(micro, outputs["embeddings"].shape[2:4])
-        return stemseg_loss(outputs, targets, config)
+    loss_fn = make_loss_fn(config)
 
     def step(state, batch):
         optimizer = build_optimizer(config.train, trainable_mask(state["params"], config))
