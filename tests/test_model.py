@@ -14,7 +14,13 @@ from stemseg_jax.config import EMBEDDING_MODES, embedding_dims
 from stemseg_jax.model import build_model, trainable_mask
 from stemseg_jax.model.decoder import SqueezeExpandDecoder
 from stemseg_jax.model.heads import coordinate_grid
-from stemseg_jax.model.layers import Conv3x3x3, FrozenBatchNorm, avg_pool_t2, upsample
+from stemseg_jax.model.layers import (
+    Conv3x3x3,
+    FrozenBatchNorm,
+    avg_pool_t2,
+    cpu_conv_general_dilated,
+    upsample,
+)
 from tests.helpers import load_config
 
 SCHEMA_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "reference", "official_checkpoint_schema")
@@ -66,6 +72,47 @@ def test_conv3d_shifted2d_equals_direct():
         for a in range(3) for b in range(3) for c in range(3)
     ) + np.asarray(params["params"]["bias"])
     np.testing.assert_allclose(np.asarray(y_shift), ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "shape, kernel, stride, pad",
+    [
+        ((2, 9, 7, 5), 1, 1, 0),  # 1x1 -> matrix product
+        ((2, 9, 7, 5), 1, 2, 0),  # strided 1x1 (stride in the 1x1 conv) on odd sizes
+        ((1, 37, 3, 12000), 3, 1, 1),  # > 4 MiB per image -> row strips; 37 rows leave a short last strip
+        ((1, 45, 4, 8192), 7, 1, 3),  # larger kernel in strips
+        ((2, 12, 10, 6), 3, 2, 1),  # strided 3x3: falls through to lax
+    ],
+)
+def test_cpu_conv_matches_lax_values_and_gradients(shape, kernel, stride, pad):
+    kx, kw, kg = jax.random.split(jax.random.PRNGKey(3), 3)
+    x = jax.random.normal(kx, shape)
+    w = jax.random.normal(kw, (kernel, kernel, shape[-1], 4)) / np.sqrt(kernel * kernel * shape[-1])
+    dims = jax.lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
+    args = ((stride, stride), ((pad, pad), (pad, pad)))
+
+    def run(fn):
+        y, vjp = jax.vjp(lambda x, w: fn(x, w, *args, dimension_numbers=dims), x, w)
+        return (y, *vjp(jax.random.normal(kg, y.shape)))
+
+    for ours, ref in zip(run(cpu_conv_general_dilated), run(jax.lax.conv_general_dilated)):
+        assert ours.shape == ref.shape
+        np.testing.assert_allclose(np.asarray(ours), np.asarray(ref), rtol=2e-4, atol=2e-4)
+
+
+def test_model_conv2d_impls_agree(tiny_kitti):
+    config, _, variables, images = tiny_kitti
+    outs = {}
+    for impl in ("cpu", "xla"):
+        c = config.copy_and_resolve_references()
+        c.model.conv2d_impl = impl
+        outs[impl] = jax.jit(build_model(c).apply)(variables, images)
+    for key in ("embeddings", "bandwidth_logits", "seediness", "semseg_logits"):
+        np.testing.assert_allclose(np.asarray(outs["cpu"][key]), np.asarray(outs["xla"][key]), rtol=1e-4, atol=1e-4)
+    bad = config.copy_and_resolve_references()
+    bad.model.conv2d_impl = "winograd"
+    with pytest.raises(ValueError, match="conv2d_impl"):
+        build_model(bad)
 
 
 def test_unknown_conv_impl_is_an_error():

@@ -74,6 +74,7 @@ def main(argv=None):
     p.add_argument("--width", type=int, default=448)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--conv3d-impl", nargs="+", default=["shifted2d", "direct"])
+    p.add_argument("--conv2d-impl", nargs="+", default=["auto"], help="model.conv2d_impl values to compare")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--no-train-step", action="store_true")
     args = p.parse_args(argv)
@@ -84,9 +85,11 @@ def main(argv=None):
     mm = matmul_gflops()
     rows = []
     for impl in args.conv3d_impl:
-        config = base.copy_and_resolve_references()
-        config.model.conv3d_impl = impl
-        rows += bench_config(config, impl, args)
+        for impl2d in args.conv2d_impl:
+            config = base.copy_and_resolve_references()
+            config.model.conv3d_impl = impl
+            config.model.conv2d_impl = impl2d
+            rows += bench_config(config, impl if len(args.conv2d_impl) == 1 else f"{impl} / 2d {impl2d}", args)
 
     print(f"config {args.config}  clip 1x{args.frames}x{args.height}x{args.width}  dtype {args.dtype}  "
           f"devices {jax.devices()[0].platform} x{jax.device_count()}")

@@ -35,10 +35,22 @@ def build_model(config: ml_collections.ConfigDict, *, calibrate_bn: bool = False
         foreground_channel=m.foreground_channel,
         gn_groups=m.gn_groups,
         conv3d_impl=m.conv3d_impl,
+        conv2d_impl=resolve_conv2d_impl(m.get("conv2d_impl", "auto")),
         dtype=_DTYPES[m.dtype],
         remat=m.remat,
         calibrate_bn=calibrate_bn,
     )
+
+
+def resolve_conv2d_impl(impl: str) -> str:
+    """``model.conv2d_impl``: ``"cpu"`` (1x1 convs as matrix products, large maps in row strips; see
+    ``layers.cpu_conv_general_dilated``), ``"xla"`` (plain ``lax`` convolutions) or ``"auto"``: ``"cpu"``
+    when JAX's default backend is the CPU, else ``"xla"`` (GPU and TPU compilers pick their own kernels)."""
+    if impl == "auto":
+        return "cpu" if jax.default_backend() == "cpu" else "xla"
+    if impl not in ("cpu", "xla"):
+        raise ValueError(f"model.conv2d_impl must be 'auto', 'cpu' or 'xla', got {impl!r}")
+    return impl
 
 
 def trainable_mask(params, config: ml_collections.ConfigDict):

@@ -39,6 +39,7 @@ class SqueezeExpandDecoder(nn.Module):
     gn_groups: int = 32
     conv_impl: str = "shifted2d"
     dtype: jnp.dtype = jnp.float32
+    conv2d_impl: str = "xla"
 
     @nn.compact
     def __call__(self, features: tuple[jax.Array, ...]) -> jax.Array:
@@ -50,7 +51,10 @@ class SqueezeExpandDecoder(nn.Module):
             # Official Sequential layout: conv at 4k, GN at 4k+1 (ReLU and pool slot k have no parameters).
             x = x.astype(self.dtype)
             for k in range(n):
-                x = Conv3x3x3(features, impl=self.conv_impl, dtype=self.dtype, name=f"{name}_{4 * k}")(x)
+                x = Conv3x3x3(
+                    features, impl=self.conv_impl, dtype=self.dtype, conv2d_impl=self.conv2d_impl,
+                    name=f"{name}_{4 * k}",
+                )(x)
                 x = nn.GroupNorm(self.gn_groups, epsilon=1e-5, dtype=self.dtype, name=f"{name}_{4 * k + 1}")(x)
                 x = nn.relu(x)
                 if k < 3 and pools[k] and name != "block_4x":
@@ -62,8 +66,8 @@ class SqueezeExpandDecoder(nn.Module):
         x8 = block(p3, c2, 1, "block_8x")
         x4 = block(p2, c3, 1, "block_4x")
         x = upsample(x32, (tau0, 2, 2))
-        x = conv1x1x1(c1, False, self.dtype, "conv_16")(jnp.concatenate([x, x16], axis=-1))
+        x = conv1x1x1(c1, False, self.dtype, "conv_16", self.conv2d_impl)(jnp.concatenate([x, x16], axis=-1))
         x = upsample(x, (tau1, 2, 2))
-        x = conv1x1x1(c2, False, self.dtype, "conv_8")(jnp.concatenate([x, x8], axis=-1))
+        x = conv1x1x1(c2, False, self.dtype, "conv_8", self.conv2d_impl)(jnp.concatenate([x, x8], axis=-1))
         x = upsample(x, (tau2, 2, 2))
-        return conv1x1x1(c3, False, self.dtype, "conv_4")(jnp.concatenate([x, x4], axis=-1))
+        return conv1x1x1(c3, False, self.dtype, "conv_4", self.conv2d_impl)(jnp.concatenate([x, x4], axis=-1))

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 
 from stemseg_jax.config import EMBEDDING_MODES
 from stemseg_jax.model.decoder import SqueezeExpandDecoder
-from stemseg_jax.model.layers import conv1x1x1, torch_default_kernel_init
+from stemseg_jax.model.layers import conv1x1x1, conv_function, torch_default_kernel_init
 
 
 def coordinate_grid(num_frames: int, height: int, width: int, time_scale: jax.Array, axes: tuple[str, ...]):
@@ -44,25 +44,30 @@ class EmbeddingHead(nn.Module):
     conv_impl: str = "shifted2d"
     dtype: jnp.dtype = jnp.float32
     remat: bool = False
+    conv2d_impl: str = "xla"
 
     @nn.compact
     def __call__(self, features):
         coords, n_free = EMBEDDING_MODES[self.mode]
         decoder_cls = nn.remat(SqueezeExpandDecoder) if self.remat else SqueezeExpandDecoder
-        x = decoder_cls(self.channels, self.gn_groups, self.conv_impl, self.dtype, name="decoder")(features)
+        x = decoder_cls(self.channels, self.gn_groups, self.conv_impl, self.dtype, self.conv2d_impl, name="decoder")(
+            features
+        )
         time_scale = self.variable("buffers", "time_scale", lambda: jnp.asarray(self.time_scale, jnp.float32))
         e_dims = len(coords) + n_free
-        raw = conv1x1x1(e_dims, False, self.dtype, "conv_embedding")(x).astype(jnp.float32)
+        raw = conv1x1x1(e_dims, False, self.dtype, "conv_embedding", self.conv2d_impl)(x).astype(jnp.float32)
         _, t, h, w, _ = raw.shape
         grid = coordinate_grid(t, h, w, time_scale.value, coords)
         grid = jnp.concatenate([grid, jnp.zeros((t, h, w, n_free), jnp.float32)], axis=-1)
         embeddings = jnp.tanh(0.25 * raw) + grid
         variance = nn.Conv(
-            len(coords), (1, 1, 1), dtype=self.dtype, kernel_init=torch_default_kernel_init(), name="conv_variance"
+            len(coords), (1, 1, 1), dtype=self.dtype, kernel_init=torch_default_kernel_init(), name="conv_variance",
+            conv_general_dilated=conv_function(self.conv2d_impl),
         )(x).astype(jnp.float32)
         seediness = None
         if self.with_seediness:
-            seediness = nn.sigmoid(conv1x1x1(1, False, self.dtype, "conv_seediness")(x).astype(jnp.float32))[..., 0]
+            logit = conv1x1x1(1, False, self.dtype, "conv_seediness", self.conv2d_impl)(x)
+            seediness = nn.sigmoid(logit.astype(jnp.float32))[..., 0]
         return embeddings, variance, seediness
 
 
@@ -75,9 +80,12 @@ class DecoderHead(nn.Module):
     conv_impl: str = "shifted2d"
     dtype: jnp.dtype = jnp.float32
     remat: bool = False
+    conv2d_impl: str = "xla"
 
     @nn.compact
     def __call__(self, features) -> jax.Array:
         decoder_cls = nn.remat(SqueezeExpandDecoder) if self.remat else SqueezeExpandDecoder
-        x = decoder_cls(self.channels, self.gn_groups, self.conv_impl, self.dtype, name="decoder")(features)
-        return conv1x1x1(self.out_channels, False, self.dtype, "conv_out")(x).astype(jnp.float32)
+        x = decoder_cls(self.channels, self.gn_groups, self.conv_impl, self.dtype, self.conv2d_impl, name="decoder")(
+            features
+        )
+        return conv1x1x1(self.out_channels, False, self.dtype, "conv_out", self.conv2d_impl)(x).astype(jnp.float32)

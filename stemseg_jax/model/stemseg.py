@@ -37,6 +37,7 @@ class STEmSeg(nn.Module):
     foreground_channel: bool = True
     gn_groups: int = 32
     conv3d_impl: str = "shifted2d"
+    conv2d_impl: str = "xla"
     dtype: jnp.dtype = jnp.float32
     remat: bool = False
     calibrate_bn: bool = False
@@ -59,8 +60,12 @@ class STEmSeg(nn.Module):
             self.dtype,
             self.calibrate_bn,
             self.remat,
+            self.conv2d_impl,
         )
-        common = dict(gn_groups=self.gn_groups, conv_impl=self.conv3d_impl, dtype=self.dtype, remat=self.remat)
+        common = dict(
+            gn_groups=self.gn_groups, conv_impl=self.conv3d_impl, dtype=self.dtype, remat=self.remat,
+            conv2d_impl=self.conv2d_impl,
+        )
         self.embedding_head = EmbeddingHead(
             self.embedding_mode,
             tuple(self.embedding_channels),
