@@ -75,21 +75,24 @@ def test_conv3d_shifted2d_equals_direct():
 
 
 @pytest.mark.parametrize(
-    "shape, kernel, stride, pad",
+    "shape, kernel, stride, pad, c_out",
     [
-        ((2, 9, 7, 5), 1, 1, 0),  # 1x1 -> matrix product
-        ((2, 9, 7, 5), 1, 2, 0),  # strided 1x1 (stride in the 1x1 conv) on odd sizes
-        ((1, 37, 3, 12000), 3, 1, 1),  # > 4 MiB per image -> row strips; 37 rows leave a short last strip
-        ((1, 45, 4, 8192), 7, 1, 3),  # larger kernel in strips
-        ((2, 12, 10, 6), 3, 2, 1),  # strided 3x3: falls through to lax
+        ((2, 9, 7, 5), 1, 1, 0, 4),  # 1x1 -> matrix product
+        ((2, 9, 7, 5), 1, 2, 0, 4),  # strided 1x1 (stride in the 1x1 conv) on odd sizes
+        ((2, 10, 9, 40), 3, 1, 1, 36),  # >= 32 channels: kernel gradient as per-tap products
+        ((2, 6, 11, 33), 3, 1, (0, 2), 32),  # asymmetric padding
+        ((1, 37, 3, 12000), 3, 1, 1, 4),  # > 4 MiB per image -> row strips; 37 rows leave a short last strip
+        ((1, 45, 4, 8192), 7, 1, 3, 32),  # larger kernel in strips, per-tap kernel gradient
+        ((2, 12, 10, 6), 3, 2, 1, 4),  # strided 3x3: falls through to lax
     ],
 )
-def test_cpu_conv_matches_lax_values_and_gradients(shape, kernel, stride, pad):
+def test_cpu_conv_matches_lax_values_and_gradients(shape, kernel, stride, pad, c_out):
     kx, kw, kg = jax.random.split(jax.random.PRNGKey(3), 3)
     x = jax.random.normal(kx, shape)
-    w = jax.random.normal(kw, (kernel, kernel, shape[-1], 4)) / np.sqrt(kernel * kernel * shape[-1])
+    w = jax.random.normal(kw, (kernel, kernel, shape[-1], c_out)) / np.sqrt(kernel * kernel * shape[-1])
+    pad = pad if isinstance(pad, tuple) else (pad, pad)
     dims = jax.lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
-    args = ((stride, stride), ((pad, pad), (pad, pad)))
+    args = ((stride, stride), (pad, pad))
 
     def run(fn):
         y, vjp = jax.vjp(lambda x, w: fn(x, w, *args, dimension_numbers=dims), x, w)
