@@ -79,10 +79,10 @@ def test_conv3d_shifted2d_equals_direct():
     [
         ((2, 9, 7, 5), 1, 1, 0, 4),  # 1x1 -> matrix product
         ((2, 9, 7, 5), 1, 2, 0, 4),  # strided 1x1 (stride in the 1x1 conv) on odd sizes
-        ((2, 10, 9, 40), 3, 1, 1, 36),  # >= 32 channels: kernel gradient as per-tap products
-        ((2, 6, 11, 33), 3, 1, (0, 2), 32),  # asymmetric padding
+        ((2, 10, 9, 72), 3, 1, 1, 64),  # >= 64 channels: kernel gradient as per-tap products
+        ((2, 6, 11, 65), 3, 1, (0, 2), 64),  # asymmetric padding
         ((1, 37, 3, 12000), 3, 1, 1, 4),  # > 4 MiB per image -> row strips; 37 rows leave a short last strip
-        ((1, 45, 4, 8192), 7, 1, 3, 32),  # larger kernel in strips, per-tap kernel gradient
+        ((1, 45, 4, 8192), 7, 1, 3, 64),  # larger kernel in strips, per-tap kernel gradient
         ((2, 12, 10, 6), 3, 2, 1, 4),  # strided 3x3: falls through to lax
     ],
 )

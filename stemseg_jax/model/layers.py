@@ -32,6 +32,8 @@ def torch_default_bias_init(fan_in: int) -> Callable:
 # recover it on cache-sized strips.
 _TILE_BYTES = 1 << 20
 _TILE_MIN_IMAGE_BYTES = 4 << 20
+# Below this many input or output channels XLA:CPU's own kernel gradient is as fast as per-tap products.
+_TAPS_MIN_CHANNELS = 64
 
 
 def _dot_conv1x1(lhs: jax.Array, rhs: jax.Array, strides) -> jax.Array:
@@ -79,13 +81,14 @@ def _conv2d_stride1_bwd(padding, residuals, grad):
     """Input gradient: the transposed convolution (itself tiled). Kernel gradient: one matrix product
     per tap, contracting over every output pixel. XLA:CPU's own kernel-gradient convolution reaches
     6 GF/s on a 64x112x256 -> 384 map where the per-tap products reach ~50 (measured); with fewer than
-    32 channels on either side XLA's is as fast, so it is kept there."""
+    64 channels on either side XLA's is faster (the tap slices' copies dominate: the :tiny train step was
+    1.2x slower with them), so it is kept there."""
     lhs, rhs = residuals
     kh, kw, c_in, c_out = rhs.shape
     (top, bottom), (left, right) = padding
     flipped = jnp.flip(rhs, (0, 1)).transpose(0, 1, 3, 2)
     d_lhs = _conv2d_forward(grad, flipped, ((kh - 1 - top, kh - 1 - bottom), (kw - 1 - left, kw - 1 - right)))
-    if min(c_in, c_out) < 32:
+    if min(c_in, c_out) < _TAPS_MIN_CHANNELS:
         conv = lambda w: lax.conv_general_dilated(  # noqa: E731
             lhs, w, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
         )
