@@ -122,11 +122,13 @@ def cpu_conv_general_dilated(
     """``lax.conv_general_dilated`` for channels-last maps, re-expressed where XLA:CPU is slow.
 
     Same arguments and result as the ``lax`` function (``nn.Conv(conv_general_dilated=...)`` passes
-    them). Two rewrites, both exact up to float summation order, chosen by the shapes alone:
+    them). Rewrites, all exact up to float summation order, chosen by the shapes alone:
       * 1x1 (and 1x1x1) kernels become a matrix product (strided ones slice first): XLA:CPU's generic
         convolution runs them at 20-50 % of its matmul rate on large maps.
       * stride-1 2D convolutions over maps of more than 4 MiB per image run on row strips of about 1 MiB
-        each (``_row_tiled_conv2d``).
+        each (``_row_tiled_conv2d``), in the forward pass and for the input gradient.
+      * the kernel gradient of a stride-1 2D convolution with at least ``_TAPS_MIN_CHANNELS`` channels on
+        both sides is one matrix product per tap (``_conv2d_stride1_bwd``).
     Anything else (dilation, groups, another layout) goes to ``lax.conv_general_dilated`` unchanged.
     """
     nd = lhs.ndim - 2
@@ -166,7 +168,8 @@ def conv_function(impl: str) -> Callable | None:
         return None
     if impl == "cpu":
         return cpu_conv_general_dilated
-    raise ValueError(f"unknown conv2d_impl {impl!r}; expected 'auto', 'cpu' or 'xla'")
+    # "auto" is resolved by ``model.resolve_conv2d_impl`` before the modules are built.
+    raise ValueError(f"unknown conv2d_impl {impl!r}; expected 'cpu' or 'xla'")
 
 
 class FrozenBatchNorm(nn.Module):
