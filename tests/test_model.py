@@ -12,6 +12,7 @@ from flax import traverse_util
 
 from stemseg_jax.config import EMBEDDING_MODES, embedding_dims
 from stemseg_jax.model import build_model, trainable_mask
+from stemseg_jax.model.backbone import ResNet
 from stemseg_jax.model.decoder import SqueezeExpandDecoder
 from stemseg_jax.model.heads import coordinate_grid
 from stemseg_jax.model.layers import (
@@ -19,6 +20,7 @@ from stemseg_jax.model.layers import (
     FrozenBatchNorm,
     avg_pool_t2,
     cpu_conv_general_dilated,
+    materialize,
     upsample,
 )
 from tests.helpers import load_config
@@ -116,6 +118,34 @@ def test_model_conv2d_impls_agree(tiny_kitti):
     bad.model.conv2d_impl = "winograd"
     with pytest.raises(ValueError, match="conv2d_impl"):
         build_model(bad)
+
+
+def test_materialize_is_the_identity_with_its_gradient():
+    for x in (jnp.arange(-3.0, 3.0).reshape(2, 3), -jnp.arange(6.0).reshape(2, 3)):  # both branches
+        value, grad = jax.jit(jax.value_and_grad(lambda v: jnp.sum(materialize(v) * v)))(x)
+        np.testing.assert_array_equal(np.asarray(jax.jit(materialize)(x)), np.asarray(x))
+        np.testing.assert_allclose(np.asarray(grad), 2 * np.asarray(x))
+
+
+def _largest_fusion_arity(impl: str) -> int:
+    """Operands of the widest fusion in the compiled ResNet-101 forward (narrow, one small frame)."""
+    import re
+
+    model = ResNet(101, 4, conv2d_impl=impl)
+    images = jnp.zeros((1, 64, 64, 3))
+    variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), images)
+    hlo = jax.jit(model.apply).lower(variables, images).compile().as_text()
+    return max(len(re.findall(r"%[\w.-]+", line.split(" fusion(", 1)[1].split("),")[0]))
+               for line in hlo.splitlines() if " fusion(" in line)
+
+
+def test_residual_stream_is_not_recomputed_on_cpu():
+    # Without ``materialize`` XLA:CPU fuses all 23 layer3 epilogues into each later one (~5 operands per
+    # block); with it every fusion reads a bounded number of buffers whatever the depth.
+    if jax.default_backend() != "cpu":
+        pytest.skip("XLA:CPU fusion behaviour")
+    assert _largest_fusion_arity("cpu") <= 16
+    assert _largest_fusion_arity("xla") > 40  # the quadratic pattern this guards against is still XLA's
 
 
 def test_unknown_conv_impl_is_an_error():

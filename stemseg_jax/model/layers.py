@@ -162,6 +162,22 @@ def cpu_conv_general_dilated(
     )
 
 
+def materialize(x: jax.Array) -> jax.Array:
+    """The identity, written so that XLA:CPU keeps ``x`` as one buffer instead of recomputing it.
+
+    XLA:CPU duplicates cheap elementwise producers into every consumer fusion. Along a residual stream
+    (``y_k = relu(f_k(y_{k-1}) + y_{k-1})``) that recomputes the whole chain of earlier epilogues inside
+    each block's epilogue: ResNet-101's layer3 fusions read all 23 block outputs (up to 122 operands), a
+    cost quadratic in depth. ``lax.optimization_barrier`` does not stop it: XLA:CPU expands barriers
+    before fusion. A conditional is a fusion boundary that survives; both branches return ``x``
+    unchanged, so the value is exactly ``x`` whichever branch the (data-dependent) predicate picks. Only
+    for the CPU backend (``conv2d_impl="cpu"``): on a GPU the predicate costs a device-to-host copy.
+    """
+    predicate = x.reshape(-1)[0] > 0
+    # Two structurally different branches: with two plain identities XLA folds the conditional away.
+    return lax.cond(predicate, lambda v: v, lambda v: lax.optimization_barrier(v), x)
+
+
 def conv_function(impl: str) -> Callable | None:
     """``model.conv2d_impl`` -> the ``conv_general_dilated`` that ``nn.Conv`` should use (None: lax's)."""
     if impl == "xla":
