@@ -63,4 +63,8 @@ def get_config(arg=None):
         c.data.datasets = dict(kitti_mots=base.dataset("kitti_mots", "$STEMSEG_DEMO_DATA", "train", 1.0))
         c.data.val_dataset = base.dataset("kitti_mots", "$STEMSEG_DEMO_DATA", "val")
         base.apply_demo_training(c)
+        # Chosen on a held-out tuning split (seed 1, nine videos; not the reported val split): clustering at
+        # input resolution took car sMOTSA 0.617 -> 0.669 and pedestrian 0.527 -> 0.544 (fewer split
+        # clusters). On the DAVIS-format tuning split it lowered J&F (0.852 -> 0.807), so it is KITTI's only.
+        c.inference.resize_embeddings = True
     return c
