@@ -201,7 +201,7 @@ def apply_demo_training(c: ml_collections.ConfigDict) -> None:
     # 2 of 1): 4 slots lose nothing and halve the per-instance loss work (the Lovász sorts) of 8.
     c.data.max_instances = 4
     # 15 minutes of training on the 2-core development machine (0.61 s per step of 2 clips with data loading
-    # and checkpoints, measured); DEMO_STEPS=3000 trains longer and better (docs/BENCHMARKS.md).
+    # and checkpoints, measured); the model is still improving then (docs/BENCHMARKS.md).
     c.train.num_steps, c.train.decay_start = 1350, 900
     # At 1350 steps on the KITTI-MOTS-format demo (nine val videos): 3e-2 -> 3e-3 gave car / pedestrian
     # sMOTSA 0.621 / 0.533 against 0.482 / 0.441 with 2e-2 -> 2e-3 (decaying from step 675 instead of 900:
