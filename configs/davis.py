@@ -67,8 +67,9 @@ def get_config(arg=None):
         )
         c.data.val_dataset = base.dataset("davis", "$STEMSEG_DEMO_DATA", "val")
         base.apply_demo_training(c)
-        # The DAVIS-format model (xyff embedding, separate seediness decoder) keeps the earlier rate: at
-        # 3e-2 its training Lovász loss stalled near 1.0 over the first 450 steps (0.55 at 2e-2).
+        # The DAVIS-format model (xyff embedding, separate seediness decoder) keeps the earlier rate: its
+        # training Lovász loss sits on a plateau near 1.0 at first; at 2e-2 it left it around step 375, at
+        # 3e-2 it was still there at step 450 when that run was stopped (one run each, not run to the end).
         c.train.learning_rate, c.train.final_learning_rate = 2e-2, 2e-3
     return c
 

@@ -49,7 +49,6 @@ def get_config(arg=None):
         c.data.val_dataset = base.dataset("ytvis", "$STEMSEG_DEMO_DATA", "valid",
                                           gt_json="$STEMSEG_DEMO_DATA/valid_gt.json")
         base.apply_demo_training(c)
-        # The earlier rate, as for DAVIS (same xyff embedding, whose training stalled at 3e-2 there); 3e-2
-        # was not tried on this format.
+        # The earlier rate, as for DAVIS (same xyff embedding; see configs/davis.py); 3e-2 was not tried here.
         c.train.learning_rate, c.train.final_learning_rate = 2e-2, 2e-3
     return c
