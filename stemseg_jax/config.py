@@ -56,8 +56,9 @@ def base_config() -> ml_collections.ConfigDict:
     m.gn_groups = 32
     # "shifted2d" computes each 3x3x3 conv as three time-shifted 2D convs (faster on XLA:CPU).
     m.conv3d_impl = "shifted2d"
-    # "cpu": 1x1 convs as matmuls, large maps in row strips, per-tap kernel gradients (XLA:CPU: forward
-    # 1.14x, train step 2.7x on the full model); "xla": plain lax convolutions; "auto": "cpu" on a CPU backend.
+    # "cpu": 1x1 convs as matmuls, large maps in row strips, per-tap kernel gradients, materialised residual
+    # stream (XLA:CPU: forward 1.16x, train step 2.7x on the full model); "xla": plain lax convolutions;
+    # "auto": "cpu" on a CPU backend.
     m.conv2d_impl = "auto"
     m.dtype = "float32"  # activation dtype: float32 or bfloat16
     m.remat = False  # rematerialise decoder blocks in the backward pass
@@ -184,11 +185,12 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
     return module.get_config(arg or None)
 
 
-def apply_demo_training(c: ml_collections.ConfigDict) -> None:
+def apply_demo_training(c: ml_collections.ConfigDict, learning_rate: float = 2e-2) -> None:
     """Training settings of the ``demo`` variants (``tools/demo.sh``): a ``:tiny`` model trained from
     scratch for minutes on synthetic data, not a Mask R-CNN backbone trained for days — so a larger
-    constant rate, then decay over the last third, and no frozen stages (a frozen stem and stage 1
-    would stay at their random initialisation); the seed's recipe is otherwise unchanged."""
+    constant rate (``learning_rate``, chosen per format), then decay to a tenth of it over the last
+    third, and no frozen stages (a frozen stem and stage 1 would stay at their random initialisation);
+    the seed's recipe is otherwise unchanged."""
     c.data.num_workers = 1
     # Measured on the KITTI-MOTS-format demo at 1600 steps (docs/BENCHMARKS.md): training every stage at
     # 2e-2 instead of freezing the stem and stage 1 at 1e-2 took car sMOTSA from 0.37 to 0.43-0.48 (two runs).
@@ -203,9 +205,6 @@ def apply_demo_training(c: ml_collections.ConfigDict) -> None:
     # 15 minutes of training on the 2-core development machine (0.61 s per step of 2 clips with data loading
     # and checkpoints, measured); the model is still improving then (docs/BENCHMARKS.md).
     c.train.num_steps, c.train.decay_start = 1350, 900
-    # At 1350 steps on the KITTI-MOTS-format demo (nine val videos): 3e-2 -> 3e-3 gave car / pedestrian
-    # sMOTSA 0.621 / 0.533 against 0.482 / 0.441 with 2e-2 -> 2e-3 (decaying from step 675 instead of 900:
-    # 0.466 / 0.455, no better; 5e-2 -> 5e-3: 0.514 / 0.454).
-    c.train.learning_rate, c.train.final_learning_rate = 3e-2, 3e-3
+    c.train.learning_rate, c.train.final_learning_rate = learning_rate, learning_rate / 10
     c.train.checkpoint_every = 500
     c.train.log_every = 25

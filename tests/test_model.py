@@ -3,6 +3,7 @@
 import collections
 import csv
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -129,8 +130,6 @@ def test_materialize_is_the_identity_with_its_gradient():
 
 def _largest_fusion_arity(impl: str) -> int:
     """Operands of the widest fusion in the compiled ResNet-101 forward (narrow, one small frame)."""
-    import re
-
     model = ResNet(101, 4, conv2d_impl=impl)
     images = jnp.zeros((1, 64, 64, 3))
     variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), images)
