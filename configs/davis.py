@@ -66,9 +66,6 @@ def get_config(arg=None):
             davis=base.dataset("davis", "$STEMSEG_DEMO_DATA", "train", 1.0, background_as_ignore=False)
         )
         c.data.val_dataset = base.dataset("davis", "$STEMSEG_DEMO_DATA", "val")
-        # The DAVIS-format model (xyff embedding, separate seediness decoder) keeps the default 2e-2 that
-        # KITTI's 3e-2 replaces: its training Lovász loss sits on a plateau near 1.0 at first; at 2e-2 it left
-        # it around step 375, at 3e-2 it was still there at step 450 when that run was stopped (one run each).
         base.apply_demo_training(c)
     return c
 

@@ -48,6 +48,5 @@ def get_config(arg=None):
         c.data.datasets = dict(youtube_vis=base.dataset("ytvis", "$STEMSEG_DEMO_DATA", "train", 1.0))
         c.data.val_dataset = base.dataset("ytvis", "$STEMSEG_DEMO_DATA", "valid",
                                           gt_json="$STEMSEG_DEMO_DATA/valid_gt.json")
-        # The default 2e-2, as for DAVIS (same xyff embedding; see configs/davis.py); 3e-2 was not tried here.
         base.apply_demo_training(c)
     return c

@@ -59,6 +59,32 @@ def test_sgd_matches_pytorch_semantics_and_skips_frozen():
     assert float(params["frozen"][0]) == 3.0
 
 
+def test_adamw_matches_decoupled_weight_decay_and_skips_frozen():
+    """Three steps against a float64 transcription of torch.optim.AdamW (betas 0.9/0.999, eps 1e-8)."""
+    config = load_config("kitti")
+    config.train.schedule = "constant"
+    config.train.optimizer = "adamw"
+    config.train.learning_rate = 2e-3
+    params = {"a": jnp.asarray([1.0, -2.0, 0.5]), "frozen": jnp.asarray([3.0])}
+    opt = build_optimizer(config.train, {"a": True, "frozen": False})
+    state = opt.init(params)
+    rng = np.random.default_rng(1)
+    p_ref = np.asarray(params["a"], np.float64)
+    m = v = np.zeros(3)
+    lr, wd = 2e-3, 1e-4
+    for k in range(1, 4):
+        g = rng.normal(size=3)
+        updates, state = opt.update({"a": jnp.asarray(g, jnp.float32), "frozen": jnp.ones(1)}, state, params)
+        params = optax.apply_updates(params, updates)
+        m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g * g
+        p_ref = p_ref * (1 - lr * wd) - lr * (m / (1 - 0.9**k)) / (np.sqrt(v / (1 - 0.999**k)) + 1e-8)
+    np.testing.assert_allclose(np.asarray(params["a"]), p_ref, rtol=1e-5)
+    assert float(params["frozen"][0]) == 3.0
+    config.train.optimizer = "adam"
+    with pytest.raises(ValueError, match="train.optimizer must be 'sgd' or 'adamw', got 'adam'"):
+        build_optimizer(config.train, {"a": True, "frozen": False})
+
+
 def _tiny_train_config(workdir_data: str):
     config = load_config("kitti", "tiny")
     config.data.num_frames = 4

@@ -36,12 +36,19 @@ def learning_rate_schedule(train: ml_collections.ConfigDict) -> optax.Schedule:
 
 
 def build_optimizer(train: ml_collections.ConfigDict, trainable_mask) -> optax.GradientTransformation:
-    """SGD with Nesterov momentum and weight decay (PyTorch semantics: decay added to the gradient before
-    momentum). Frozen parameters (``trainable_mask`` False) receive zero updates and no decay, and keep no
-    momentum state."""
-    sgd = optax.chain(
-        optax.add_decayed_weights(float(train.weight_decay)),
-        optax.sgd(learning_rate_schedule(train), momentum=float(train.momentum), nesterov=bool(train.nesterov)),
-    )
+    """``train.optimizer="sgd"`` (the seed's and the official recipe): SGD with Nesterov momentum and weight
+    decay (PyTorch semantics: decay added to the gradient before momentum). ``"adamw"``: Adam with
+    decoupled weight decay, for training from scratch (``train.momentum``/``nesterov`` unused). Frozen
+    parameters (``trainable_mask`` False) receive zero updates and no decay, and keep no optimizer state."""
+    schedule = learning_rate_schedule(train)
+    if train.optimizer == "sgd":
+        update = optax.chain(
+            optax.add_decayed_weights(float(train.weight_decay)),
+            optax.sgd(schedule, momentum=float(train.momentum), nesterov=bool(train.nesterov)),
+        )
+    elif train.optimizer == "adamw":
+        update = optax.adamw(schedule, weight_decay=float(train.weight_decay))
+    else:
+        raise ValueError(f"train.optimizer must be 'sgd' or 'adamw', got {train.optimizer!r}")
     labels = jax.tree_util.tree_map(lambda trainable: "train" if trainable else "frozen", trainable_mask)
-    return optax.multi_transform({"train": sgd, "frozen": optax.set_to_zero()}, labels)
+    return optax.multi_transform({"train": update, "frozen": optax.set_to_zero()}, labels)
