@@ -80,6 +80,11 @@ def base_config() -> ml_collections.ConfigDict:
     d.min_dim = 800
     d.max_dim = 1333
     d.max_instances = 16  # padded instance slots per clip
+    # Train on random windows this many pixels wide (after resizing and padding; a multiple of 32) of each
+    # clip instead of whole frames; 0 = whole frames. Windows are never narrower than the padded height: the
+    # coordinate grid's scale follows the shorter side (model/heads.py), so a window then sees objects at
+    # the scale of whole-frame inference, for a fraction of the step's cost. Portrait clips stay whole.
+    d.crop_width = 0
     d.root = ""  # dataset base directory (see README)
     # name -> dict(format=..., path=..., weight=..., ...). Filled by the dataset configs.
     d.datasets = ml_collections.ConfigDict()

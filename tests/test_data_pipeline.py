@@ -209,6 +209,46 @@ def test_video_flip_flips_the_whole_clip(data):
     np.testing.assert_array_equal(flipped["ignore"][:, :h, :w], plain["ignore"][:, :h, :w][..., ::-1])
 
 
+def test_crop_width_cuts_a_window_of_the_whole_clip(data):
+    config, records, _ = data
+    rec = records["vid"][2]  # three instances
+    d = config.data.copy_and_resolve_references()
+    d.instance_duplication = False
+    ds_cfg = config.data.datasets.vid
+    h, w = compute_resize_dims(rec.height, rec.width, d.min_dim, d.max_dim)
+    seen_x0, seen_fewer = set(), False
+    for seed in range(12):
+        whole = pipeline.load_clip(rec, np.arange(8), ds_cfg, d, np.random.default_rng(seed), (96, 160))
+        d.crop_width = 32
+        # The window's position is the clip's last random draw, so the same seed gives the same clip.
+        win = pipeline.load_clip(rec, np.arange(8), ds_cfg, d, np.random.default_rng(seed), (96, 32))
+        d.crop_width = 0
+        x0 = next(x for x in range(w - 32 + 1) if np.array_equal(whole["images"][:, :, x : x + 32], win["images"]))
+        seen_x0.add(x0)
+        np.testing.assert_array_equal(win["ignore"], whole["ignore"][..., x0 : x0 + 32])
+        inside = whole["instance_valid"] & whole["masks"][..., x0 : x0 + 32].any(axis=(1, 2, 3))
+        n = int(inside.sum())
+        seen_fewer |= n < whole["instance_valid"].sum()
+        assert win["instance_valid"].tolist() == [True] * n + [False] * (len(inside) - n)
+        np.testing.assert_array_equal(win["masks"][:n], whole["masks"][inside][..., x0 : x0 + 32])
+        assert not win["masks"][n:].any()
+        assert win["category_ids"][:n].tolist() == whole["category_ids"][inside].tolist()
+    assert len(seen_x0) > 3 and seen_fewer  # random positions, and some windows lose an instance
+
+
+def test_crop_width_batches_and_bad_value(data):
+    config, records, _ = data
+    c = config.copy_and_resolve_references()
+    c.data.crop_width = 64
+    batches = _take(c, records, 6, seed=0)
+    shapes = {(b["images"].shape[2:4], b["masks"].shape[-2:], b["ignore"].shape[-2:]) for b in batches}
+    # Landscape 96x160 batches become 96x96 windows (never narrower than tall); portrait 160x96 stay whole.
+    assert shapes == {((96, 96),) * 3, ((160, 96),) * 3}
+    c.data.crop_width = 100
+    with pytest.raises(ValueError, match="config.data.crop_width must be 0 .* multiple of 32, got 100"):
+        _take(c, records, 1, seed=0)
+
+
 def test_single_instance_video_is_duplicated(data):
     config, records, _ = data
     rec = records["vid"][0]  # one instance

@@ -353,6 +353,12 @@ def load_clip(
     h, w = images.shape[1:3]
     new_h, new_w = preprocessing.compute_resize_dims(h, w, data_cfg.min_dim, data_cfg.max_dim)
     bh, bw = bucket_hw
+    # ``data.crop_width``: the loader narrowed the batch to the crop, so the clip is built at its full
+    # padded width first and a random window of the bucket's width is cut from it at the end.
+    windowed = bool(new_w > bw and _cfg_get(data_cfg, "crop_width", 0))
+    if windowed:
+        window_out, out = out, None
+        bw = preprocessing.padded_dims(new_h, new_w)[1]
     if out is None:
         out = {
             "images": np.empty((num_frames, bh, bw, 3), np.uint8),
@@ -383,6 +389,31 @@ def load_clip(
         out_images[:, :new_h, :new_w] = out_images[region].copy()
         out["masks"][:, :, :new_h, :new_w] = out["masks"][(slice(None),) + region].copy()
         out["ignore"][:, :new_h, :new_w] = out["ignore"][region].copy()
+    if windowed:
+        x0 = int(rng.integers(0, new_w - bucket_hw[1] + 1))
+        return _cut_window(out, x0, bucket_hw[1], window_out)
+    return out
+
+
+def _cut_window(full: dict[str, np.ndarray], x0: int, width: int, out: dict[str, np.ndarray] | None):
+    """Columns ``[x0, x0 + width)`` of a built clip; instances left with no pixel lose their slot (the
+    remaining ones move up, keeping their order)."""
+    cols = slice(x0, x0 + width)
+    masks = full["masks"][..., cols]
+    kept = np.flatnonzero(full["instance_valid"] & masks.reshape(len(masks), -1).any(axis=1))
+    if out is None:
+        out = {
+            "images": np.empty(full["images"].shape[:2] + (width, 3), np.uint8),
+            "masks": np.zeros(masks.shape, bool),
+            "instance_valid": np.zeros_like(full["instance_valid"]),
+            "category_ids": np.zeros_like(full["category_ids"]),
+            "ignore": np.zeros(full["ignore"].shape[:2] + (width,), bool),
+        }
+    out["images"][...] = full["images"][:, :, cols]
+    out["ignore"][...] = full["ignore"][..., cols]
+    out["masks"][: len(kept)] = masks[kept]
+    out["instance_valid"][: len(kept)] = True
+    out["category_ids"][: len(kept)] = full["category_ids"][kept]
     return out
 
 
@@ -401,6 +432,12 @@ class BatchLoader:
             raise ValueError(
                 f"batch_size {batch_size} must split evenly into shard_count {shard_count} "
                 f"(shard_index {shard_index})"
+            )
+        crop_width = _cfg_get(config.data, "crop_width", 0)
+        if crop_width < 0 or crop_width % preprocessing.SIZE_DIVISIBILITY:
+            raise ValueError(
+                f"config.data.crop_width must be 0 (whole frames) or a positive multiple of "
+                f"{preprocessing.SIZE_DIVISIBILITY}, got {crop_width}"
             )
         for field, allowed in (("augmentation", augment.RECIPES), ("subsample", sampling.SUBSAMPLE_MODES)):
             if config.data[field] not in allowed:
@@ -434,6 +471,9 @@ class BatchLoader:
         plan, samples = self.step_samples(int(step))
         bucket = tuple(int(v) for v in self.sources.buckets[plan.sample_bucket[samples[0]]])
         data = self.config.data
+        crop_width = _cfg_get(data, "crop_width", 0)
+        if crop_width:  # never narrower than tall: that would change the coordinate grid's scale
+            bucket = (bucket[0], min(bucket[1], max(crop_width, bucket[0])))
         b, t, i_max = len(self.slots), data.num_frames, data.max_instances
         # In a worker process the big arrays are allocated in shared memory directly: grain then passes
         # them to the trainer without copying (a full-size batch is ~250 MB, mostly mask slots). New
