@@ -117,6 +117,9 @@ def base_config() -> ml_collections.ConfigDict:
     t.init_checkpoint = ""  # orbax checkpoint (second stages, converted backbones)
     t.init_backbone_only = False
     t.distributed = False  # call jax.distributed.initialize() (multi-host)
+    # Not in the seed or the official code: > 0 keeps an exponential moving average of the parameters
+    # (decay min(ema_decay, (1 + step) / (10 + step))) in the train state, which inference then uses.
+    t.ema_decay = 0.0
 
     # ---------------------------------------------------------------- inference (spec §6)
     i = c.inference = ml_collections.ConfigDict()
@@ -137,6 +140,7 @@ def base_config() -> ml_collections.ConfigDict:
     i.kitti_postprocess = True
     i.input = ""  # --mode infer: a video file or frame folder
     i.checkpoint = ""  # defaults to the newest checkpoint in --workdir
+    i.use_ema = True  # the train state's moving-average parameters when it has them (train.ema_decay)
     return c
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from stemseg_jax.data.synthetic import generate
 from stemseg_jax.train.optim import build_optimizer, learning_rate_schedule
-from stemseg_jax.train.trainer import train
+from stemseg_jax.train.trainer import train, update_ema
 from tests.helpers import REPO, load_config
 
 
@@ -114,6 +114,7 @@ def _flat(tree):
 @pytest.mark.slow
 def test_resume_after_interruption_is_bit_identical(kitti_data, tmp_path):
     config = _tiny_train_config(kitti_data)
+    config.train.ema_decay = 0.9  # the moving average is part of the state that must resume exactly
     full = train(config, str(tmp_path / "full"), progress=False)
     train(config, str(tmp_path / "resumed"), stop_after=2, progress=False)  # "killed" after the step-2 checkpoint
     # orbax also keeps the very first step; the newest checkpoint is the interruption point
@@ -127,6 +128,51 @@ def test_resume_after_interruption_is_bit_identical(kitti_data, tmp_path):
     moments_a, moments_b = _flat(full["opt_state"]), _flat(resumed["opt_state"])
     for k in moments_a:
         assert np.array_equal(moments_a[k], moments_b[k]), k
+    ema_a, ema_b = _flat(full["ema_params"]), _flat(resumed["ema_params"])
+    assert ema_a.keys() == a.keys()
+    for k in ema_a:
+        assert np.array_equal(ema_a[k], ema_b[k]), k
+    # after 4 steps the average still lags the parameters (decay 0.1, 2/11, 3/12, 4/13 of the ramp)
+    assert any(not np.array_equal(ema_a[k], a[k]) for k in a)
+
+
+def test_ema_update_ramps_its_decay_and_matches_float64():
+    rng = np.random.default_rng(0)
+    trajectory = [rng.normal(size=(3, 2)) for _ in range(30)]
+    ema = {"w": jnp.asarray(trajectory[0], jnp.float32)}
+    expected = trajectory[0].copy()
+    for step, p in enumerate(trajectory[1:]):
+        ema = update_ema(ema, {"w": jnp.asarray(p, jnp.float32)}, jnp.int32(step), 0.9)
+        decay = min(0.9, (1 + step) / (10 + step))
+        expected = decay * expected + (1 - decay) * p
+        np.testing.assert_allclose(np.asarray(ema["w"]), expected, rtol=1e-5, atol=1e-6)
+    # the ramp reaches the configured decay at step 80 (81/90 = 0.9) and stays there
+    one = {"w": jnp.ones(())}
+    zero = {"w": jnp.zeros(())}
+    assert float(update_ema(one, zero, jnp.int32(0), 0.9)["w"]) == pytest.approx(0.1)
+    assert float(update_ema(one, zero, jnp.int32(1000), 0.9)["w"]) == pytest.approx(0.9)
+
+
+def test_inference_restores_the_moving_average_unless_told_not_to(tmp_path):
+    import orbax.checkpoint as ocp
+
+    from stemseg_jax.inference.run import restore_variables
+
+    state = {
+        "step": np.int32(3),
+        "params": {"w": np.ones(2, np.float32)},
+        "ema_params": {"w": np.full(2, 0.5, np.float32)},
+        "opt_state": {"mu": np.zeros(2, np.float32)},
+        "constants": {"frozen_bn": {"m": np.zeros(1, np.float32)}, "buffers": {}},
+    }
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(str(tmp_path / "checkpoints" / "3"), state)
+    config = load_config("kitti", "tiny")
+    assert restore_variables(config, str(tmp_path))["params"]["w"].tolist() == [0.5, 0.5]
+    config.inference.use_ema = False
+    restored = restore_variables(config, str(tmp_path))
+    assert restored["params"]["w"].tolist() == [1.0, 1.0]
+    assert "ema_params" not in restored and "opt_state" not in restored and "frozen_bn" in restored
 
 
 def test_non_finite_loss_names_step_and_clips(kitti_data, tmp_path):

@@ -46,7 +46,10 @@ def restore_variables(config, workdir: str | None) -> dict:
         raise FileNotFoundError(f"config.inference.checkpoint: {path} is not a checkpoint directory")
     restored = ocp.StandardCheckpointer().restore(path)
     if "constants" in restored:  # a train state
-        return {"params": restored["params"], **restored["constants"]}
+        use_ema = "ema_params" in restored and config.inference.get("use_ema", True)
+        if use_ema:
+            log.info("using the moving-average parameters of %s (inference.use_ema)", path)
+        return {"params": restored["ema_params" if use_ema else "params"], **restored["constants"]}
     if "params" not in restored:
         raise ValueError(f"{path}: neither a train state nor model variables (keys {sorted(restored)})")
     return {"buffers": {}, **restored}
