@@ -217,8 +217,9 @@ def apply_demo_training(c: ml_collections.ConfigDict) -> None:
     c.train.num_steps, c.train.decay_start = 1350, 900
     # At 1350 steps (docs/BENCHMARKS.md, one run each unless noted): AdamW 1e-3 against the best SGD rate
     # (3e-2 for KITTI, 2e-2 for DAVIS and YouTube-VIS): KITTI-MOTS-format car / pedestrian sMOTSA 0.619 /
-    # 0.596 (a second seed: 0.546 / 0.575) against 0.621 / 0.533 (0.576 / 0.453), DAVIS-format J&F 0.737 against 0.713,
-    # YouTube-VIS-format AP 0.375 against 0.238; on KITTI AdamW 2e-3 gave 0.563 / 0.434 and 5e-4 0.556 / 0.513.
+    # 0.596 (a second seed: 0.546 / 0.575; another clip order: 0.432 / 0.509) against 0.621 / 0.533
+    # (0.576 / 0.453), DAVIS-format J&F 0.737 against 0.713, YouTube-VIS-format AP 0.375 against 0.238; on
+    # KITTI AdamW 2e-3 gave 0.563 / 0.434 and 5e-4 0.556 / 0.513. Single runs differ by up to ~0.15.
     c.train.optimizer = "adamw"
     c.train.learning_rate, c.train.final_learning_rate = 1e-3, 1e-4
     c.train.checkpoint_every = 500
