@@ -443,6 +443,7 @@ class BatchLoader:
             if config.data[field] not in allowed:
                 raise ValueError(f"config.data.{field} must be one of {allowed}, got {config.data[field]!r}")
         self.config, self.sources, self.seed = config, sources, seed
+        self.crop_width = crop_width
         self.slots = range(shard_index * batch_size // shard_count, (shard_index + 1) * batch_size // shard_count)
         self.shared_memory = False  # set when the loader runs in grain worker processes
         self._plans: dict[int, EpochPlan] = {}
@@ -471,9 +472,8 @@ class BatchLoader:
         plan, samples = self.step_samples(int(step))
         bucket = tuple(int(v) for v in self.sources.buckets[plan.sample_bucket[samples[0]]])
         data = self.config.data
-        crop_width = _cfg_get(data, "crop_width", 0)
-        if crop_width:  # never narrower than tall: that would change the coordinate grid's scale
-            bucket = (bucket[0], min(bucket[1], max(crop_width, bucket[0])))
+        if self.crop_width:  # never narrower than tall: that would change the coordinate grid's scale
+            bucket = (bucket[0], min(bucket[1], max(self.crop_width, bucket[0])))
         b, t, i_max = len(self.slots), data.num_frames, data.max_instances
         # In a worker process the big arrays are allocated in shared memory directly: grain then passes
         # them to the trainer without copying (a full-size batch is ~250 MB, mostly mask slots). New
