@@ -10,6 +10,7 @@ import time
 import cv2
 import numpy as np
 
+from stemseg_jax.checkpoints import restore_model_variables
 from stemseg_jax.inference.tracks import (
     select_tracks_davis,
     select_tracks_ytvis,
@@ -26,9 +27,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 
 def restore_variables(config, workdir: str | None) -> dict:
     """Model variables from ``config.inference.checkpoint`` (a converted model or a train checkpoint
-    step directory) or else from the newest checkpoint of ``workdir/checkpoints``."""
-    import orbax.checkpoint as ocp
-
+    step directory) or else from the newest checkpoint of ``workdir/checkpoints``. From a train state
+    with a moving average (``train.ema_decay``) the average, unless ``inference.use_ema`` is False."""
     path = config.inference.checkpoint
     if not path:
         ckpt_dir = os.path.join(os.path.abspath(workdir or "."), "checkpoints")
@@ -39,20 +39,7 @@ def restore_variables(config, workdir: str | None) -> dict:
                 "(a converted official model, see README 'Using the published weights')"
             )
         path = os.path.join(ckpt_dir, str(steps[-1]))
-    path = os.path.abspath(os.path.expandvars(path))
-    if os.path.isdir(os.path.join(path, "default")):
-        path = os.path.join(path, "default")
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"config.inference.checkpoint: {path} is not a checkpoint directory")
-    restored = ocp.StandardCheckpointer().restore(path)
-    if "constants" in restored:  # a train state
-        use_ema = "ema_params" in restored and config.inference.get("use_ema", True)
-        if use_ema:
-            log.info("using the moving-average parameters of %s (inference.use_ema)", path)
-        return {"params": restored["ema_params" if use_ema else "params"], **restored["constants"]}
-    if "params" not in restored:
-        raise ValueError(f"{path}: neither a train state nor model variables (keys {sorted(restored)})")
-    return {"buffers": {}, **restored}
+    return restore_model_variables(path, "config.inference.checkpoint", config.inference.get("use_ema", True))
 
 
 def _video_loader(record):

@@ -24,6 +24,7 @@ from flax import traverse_util
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from stemseg_jax.checkpoints import restore_model_variables
 from stemseg_jax.losses import prepare_targets, stemseg_loss
 from stemseg_jax.model import build_model, trainable_mask
 from stemseg_jax.train.optim import build_optimizer, learning_rate_schedule
@@ -49,7 +50,9 @@ def init_state(config: ml_collections.ConfigDict, images: np.ndarray, key: jax.A
     model = build_model(config)
     variables = jax.jit(model.init)(key, images)
     if config.train.init_checkpoint:
-        variables = _merge_init_checkpoint(variables, config.train.init_checkpoint, config.train.init_backbone_only)
+        variables = _merge_init_checkpoint(
+            variables, config.train.init_checkpoint, config.train.init_backbone_only, config.inference.use_ema
+        )
     else:
         calibrating = build_model(config, calibrate_bn=True)
         _, updated = jax.jit(lambda v, x: calibrating.apply(v, x, mutable=["frozen_bn"]))(variables, images)
@@ -64,19 +67,11 @@ def init_state(config: ml_collections.ConfigDict, images: np.ndarray, key: jax.A
     return state
 
 
-def _merge_init_checkpoint(variables: dict, path: str, backbone_only: bool) -> dict:
+def _merge_init_checkpoint(variables: dict, path: str, backbone_only: bool, use_ema: bool = True) -> dict:
     """Overwrites ``variables`` with the tensors stored at ``path`` (an orbax checkpoint of variables or
     of a train state). Shapes must agree; names present on only one side are reported."""
-    path = os.path.abspath(os.path.expandvars(path))
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"train.init_checkpoint: {path} does not exist")
-    if os.path.isdir(os.path.join(path, "default")):  # a CheckpointManager step directory
-        path = os.path.join(path, "default")
-    restored = ocp.StandardCheckpointer().restore(path)
-    if "constants" in restored:  # a train state (e.g. stage 1): take its variables
-        # the moving average when it has one: those are the parameters its evaluation used
-        params = restored.get("ema_params", restored["params"])
-        restored = {"params": params, **restored["constants"]}
+    # From a stage-1 train state: the parameters its evaluation used (the moving average when it has one).
+    restored = restore_model_variables(path, "train.init_checkpoint", use_ema)
     ours = traverse_util.flatten_dict(variables)
     theirs = traverse_util.flatten_dict(restored)
     if backbone_only:
