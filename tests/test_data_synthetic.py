@@ -123,6 +123,14 @@ def test_deterministic_for_a_seed(tmp_path):
     dd = _tree_digest(d["root"])
     val_files = [k for k in da if "0002" in k]
     assert val_files and all(da[k] == dd[k] for k in val_files)
+    # ... and so do longer train videos (num_val_frames keeps the val split's length).
+    e = synthetic.generate("kitti_mots", str(tmp_path / "e"), seed=3, num_train=2, num_val=1, num_frames=9,
+                           num_val_frames=6)  # fmt: skip
+    de = _tree_digest(e["root"])
+    val_only = [k for k in val_files if "/0002/" in k or k.endswith("0002.txt")]
+    assert val_only and all(da[k] == de[k] for k in val_only)
+    train_frames = [k for k in de if k.startswith(os.path.join("training", "image_02", "0000"))]
+    assert len(train_frames) == 9, sorted(de)[:12]
 
 
 def test_kitti_mots_txt_and_png_agree(small_sets):

@@ -24,7 +24,8 @@ def _parse(argv):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num_train", type=int, default=8, help="train videos (images for coco)")
     p.add_argument("--num_val", type=int, default=3, help="val videos (images for coco)")
-    p.add_argument("--num_frames", type=int, default=24)
+    p.add_argument("--num_frames", type=int, default=24, help="frames per video")
+    p.add_argument("--num_val_frames", type=int, default=None, help="frames per val video (default: --num_frames)")
     p.add_argument("--height", type=int, default=None)
     p.add_argument("--width", type=int, default=None)
     for f in dataclasses.fields(synthetic.Knobs):
@@ -44,7 +45,7 @@ def main(argv=None) -> int:
     start = time.time()
     summary = synthetic.generate(
         args.format, args.out, args.seed, num_train=args.num_train, num_val=args.num_val,
-        num_frames=args.num_frames, height=args.height, width=args.width, **knobs,
+        num_frames=args.num_frames, num_val_frames=args.num_val_frames, height=args.height, width=args.width, **knobs,
     )  # fmt: skip
     print(json.dumps({k: summary[k] for k in ("root", "format", "splits", "val_gt")}, indent=1))
     print(f"wrote {args.format} dataset in {time.time() - start:.1f}s", file=sys.stderr)

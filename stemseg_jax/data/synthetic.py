@@ -491,13 +491,15 @@ def generate(
     num_train: int = 8,
     num_val: int = 3,
     num_frames: int = 24,
+    num_val_frames: int | None = None,
     height: int | None = None,
     width: int | None = None,
     **knobs,
 ) -> dict:
     """Writes a synthetic dataset of format ``fmt`` under ``out_dir`` and returns a summary dict.
 
-    ``num_train`` / ``num_val``: videos (images for coco) per split; ``num_frames``: frames per video;
+    ``num_train`` / ``num_val``: videos (images for coco) per split; ``num_frames``: frames per video
+    (``num_val_frames``: per val video, when it differs — long train videos, a fixed-size val split);
     ``height`` x ``width``: frame size (default ``DEFAULT_SIZE[fmt]``); ``knobs``: fields of ``Knobs``
     (difficulty). The summary has ``root``, ``format``, ``splits`` ({split name: [sequence ids]}),
     ``val_gt`` (the ground-truth file or folder of the val split) and the knobs used.
@@ -517,15 +519,18 @@ def generate(
     out = os.path.abspath(out_dir)
     os.makedirs(out, exist_ok=True)
     splits = {}
-    for split_idx, (split, count) in enumerate(zip(SPLITS[fmt], (num_train, num_val))):
+    frames_per_split = (num_frames, num_frames if num_val_frames is None else num_val_frames)
+    for split_idx, (split, count, n) in enumerate(zip(SPLITS[fmt], (num_train, num_val), frames_per_split)):
         if count <= 0:
             continue
+        if fmt != "coco" and n < 1:
+            raise ValueError(f"{split} videos need at least one frame, got {n}")
         if fmt == "davis":
-            splits[split] = _write_davis(out, split, split_idx, count, seed, h, w, num_frames, k)
+            splits[split] = _write_davis(out, split, split_idx, count, seed, h, w, n, k)
         elif fmt == "ytvis":
-            splits[split] = _write_ytvis(out, split, split_idx, count, seed, h, w, num_frames, k)
+            splits[split] = _write_ytvis(out, split, split_idx, count, seed, h, w, n, k)
         elif fmt == "kitti_mots":
-            splits[split] = _write_kitti(out, split, split_idx, count, seed, h, w, num_frames, k)
+            splits[split] = _write_kitti(out, split, split_idx, count, seed, h, w, n, k)
         else:
             splits[split] = _write_coco(out, split, split_idx, count, seed, h, w, k)
     val = SPLITS[fmt][1]
@@ -536,7 +541,8 @@ def generate(
         "coco": os.path.join(out, "annotations", f"instances_{val}.json"),
     }[fmt]
     summary = dict(root=out, format=fmt, seed=seed, splits=splits, val_gt=val_gt, height=h, width=w,
-                   num_frames=num_frames, knobs=dataclasses.asdict(k))  # fmt: skip
+                   num_frames=num_frames, num_val_frames=frames_per_split[1],
+                   knobs=dataclasses.asdict(k))  # fmt: skip
     io.write_json(os.path.join(out, "synthetic_info.json"), summary)
     return summary
 
