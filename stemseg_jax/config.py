@@ -212,14 +212,18 @@ def apply_demo_training(c: ml_collections.ConfigDict) -> None:
     # The synthetic videos hold at most 4 objects (``synthetic.Knobs.max_objects``; DAVIS duplication makes
     # 2 of 1): 4 slots lose nothing and halve the per-instance loss work (the Lovász sorts) of 8.
     c.data.max_instances = 4
-    # 15 minutes of training on the 2-core development machine (0.61 s per step of 2 clips with data loading
-    # and checkpoints, measured); the model is still improving then (docs/BENCHMARKS.md).
-    c.train.num_steps, c.train.decay_start = 1350, 900
-    # At 1350 steps (docs/BENCHMARKS.md, one run each unless noted): AdamW 1e-3 against the best SGD rate
-    # (3e-2 for KITTI, 2e-2 for DAVIS and YouTube-VIS): KITTI-MOTS-format car / pedestrian sMOTSA 0.619 /
-    # 0.596 (a second seed: 0.546 / 0.575; another clip order: 0.432 / 0.509) against 0.621 / 0.533
-    # (0.576 / 0.453), DAVIS-format J&F 0.737 against 0.713, YouTube-VIS-format AP 0.375 against 0.238; on
-    # KITTI AdamW 2e-3 gave 0.563 / 0.434 and 5e-4 0.556 / 0.513. Single runs differ by up to ~0.15.
+    # 15 minutes of training on the 2-core development machine of 2026-12-02 (an Intel Xeon with AVX-512:
+    # ~0.35 s per step of 2 clips with data loading and checkpoints; ~25 minutes on the AMD EPYC of the
+    # earlier rows of docs/BENCHMARKS.md). With the demo's larger synthetic training sets (tools/demo.sh)
+    # the KITTI-MOTS-format demo reached car / pedestrian sMOTSA 0.719 / 0.621 (2250 steps) and 0.732 /
+    # 0.576 (2400 steps, second seed), the DAVIS-format one J&F 0.811 (2500 steps).
+    c.train.num_steps, c.train.decay_start = 2400, 1600
+    # Earlier, at 1350 steps on the smaller training sets (docs/BENCHMARKS.md, one run each unless noted):
+    # AdamW 1e-3 against the best SGD rate (3e-2 for KITTI, 2e-2 for DAVIS and YouTube-VIS): KITTI-MOTS-format
+    # car / pedestrian sMOTSA 0.619 / 0.596 (a second seed: 0.546 / 0.575; another clip order: 0.432 / 0.509)
+    # against 0.621 / 0.533 (0.576 / 0.453), DAVIS-format J&F 0.737 against 0.713, YouTube-VIS-format AP
+    # 0.375 against 0.238; on KITTI AdamW 2e-3 gave 0.563 / 0.434 and 5e-4 0.556 / 0.513. Single runs differ
+    # by up to ~0.15.
     c.train.optimizer = "adamw"
     c.train.learning_rate, c.train.final_learning_rate = 1e-3, 1e-4
     c.train.checkpoint_every = 500
