@@ -131,6 +131,8 @@ def test_deterministic_for_a_seed(tmp_path):
     assert val_only and all(da[k] == de[k] for k in val_only)
     train_frames = [k for k in de if k.startswith(os.path.join("training", "image_02", "0000"))]
     assert len(train_frames) == 9, sorted(de)[:12]
+    with pytest.raises(ValueError, match="val videos need at least one frame, got 0"):
+        synthetic.generate("kitti_mots", str(tmp_path / "f"), seed=3, num_train=0, num_val=1, num_val_frames=0)
 
 
 def test_kitti_mots_txt_and_png_agree(small_sets):
