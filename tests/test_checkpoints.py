@@ -5,6 +5,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from stemseg_jax.checkpoints import restore_model_variables
+from tests.helpers import load_config
 
 
 def _save(path, tree):
@@ -12,14 +13,18 @@ def _save(path, tree):
         checkpointer.save(str(path), tree)
 
 
-def test_train_state_gives_its_variables_and_prefers_the_average(tmp_path):
-    state = {
-        "step": np.int32(7),
+def _train_state(step: int) -> dict:
+    return {
+        "step": np.int32(step),
         "params": {"w": np.ones(3, np.float32)},
         "ema_params": {"w": np.full(3, 0.25, np.float32)},
         "opt_state": {"mu": np.zeros(3, np.float32)},
         "constants": {"frozen_bn": {"mean": np.arange(2, dtype=np.float32)}, "buffers": {}},
     }
+
+
+def test_train_state_gives_its_variables_and_prefers_the_average(tmp_path):
+    state = _train_state(7)
     # A CheckpointManager step directory keeps the tree under default/.
     _save(tmp_path / "checkpoints" / "7" / "default", state)
     step_dir = str(tmp_path / "checkpoints" / "7")
@@ -29,6 +34,19 @@ def test_train_state_gives_its_variables_and_prefers_the_average(tmp_path):
     np.testing.assert_array_equal(averaged["frozen_bn"]["mean"], state["constants"]["frozen_bn"]["mean"])
     raw = restore_model_variables(step_dir, "train.init_checkpoint", use_ema=False)
     np.testing.assert_array_equal(raw["params"]["w"], state["params"]["w"])
+
+
+def test_inference_restores_the_newest_checkpoint_and_honours_use_ema(tmp_path):
+    from stemseg_jax.inference.run import restore_variables
+
+    _save(tmp_path / "checkpoints" / "3", {**_train_state(3), "ema_params": {"w": np.zeros(3, np.float32)}})
+    _save(tmp_path / "checkpoints" / "12", _train_state(12))
+    config = load_config("kitti", "tiny")
+    assert restore_variables(config, str(tmp_path))["params"]["w"].tolist() == [0.25] * 3
+    config.inference.use_ema = False
+    restored = restore_variables(config, str(tmp_path))
+    assert restored["params"]["w"].tolist() == [1.0] * 3
+    assert "ema_params" not in restored and "opt_state" not in restored and "frozen_bn" in restored
 
 
 def test_variables_checkpoint_and_bad_paths_name_the_field(tmp_path):

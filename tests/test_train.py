@@ -153,28 +153,6 @@ def test_ema_update_ramps_its_decay_and_matches_float64():
     assert float(update_ema(one, zero, jnp.int32(1000), 0.9)["w"]) == pytest.approx(0.9)
 
 
-def test_inference_restores_the_moving_average_unless_told_not_to(tmp_path):
-    import orbax.checkpoint as ocp
-
-    from stemseg_jax.inference.run import restore_variables
-
-    state = {
-        "step": np.int32(3),
-        "params": {"w": np.ones(2, np.float32)},
-        "ema_params": {"w": np.full(2, 0.5, np.float32)},
-        "opt_state": {"mu": np.zeros(2, np.float32)},
-        "constants": {"frozen_bn": {"m": np.zeros(1, np.float32)}, "buffers": {}},
-    }
-    with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(str(tmp_path / "checkpoints" / "3"), state)
-    config = load_config("kitti", "tiny")
-    assert restore_variables(config, str(tmp_path))["params"]["w"].tolist() == [0.5, 0.5]
-    config.inference.use_ema = False
-    restored = restore_variables(config, str(tmp_path))
-    assert restored["params"]["w"].tolist() == [1.0, 1.0]
-    assert "ema_params" not in restored and "opt_state" not in restored and "frozen_bn" in restored
-
-
 def test_non_finite_loss_names_step_and_clips(kitti_data, tmp_path):
     config = _tiny_train_config(kitti_data)
     config.train.schedule = "constant"
