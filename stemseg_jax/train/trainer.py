@@ -67,10 +67,11 @@ def init_state(config: ml_collections.ConfigDict, images: np.ndarray, key: jax.A
     return state
 
 
-def _merge_init_checkpoint(variables: dict, path: str, backbone_only: bool, use_ema: bool = True) -> dict:
+def _merge_init_checkpoint(variables: dict, path: str, backbone_only: bool, use_ema: bool) -> dict:
     """Overwrites ``variables`` with the tensors stored at ``path`` (an orbax checkpoint of variables or
     of a train state). Shapes must agree; names present on only one side are reported."""
-    # From a stage-1 train state: the parameters its evaluation used (the moving average when it has one).
+    # From a stage-1 train state: the parameters its evaluation used (the moving average when it keeps one,
+    # unless inference.use_ema is False).
     restored = restore_model_variables(path, "train.init_checkpoint", use_ema)
     ours = traverse_util.flatten_dict(variables)
     theirs = traverse_util.flatten_dict(restored)
