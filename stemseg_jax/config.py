@@ -73,6 +73,11 @@ def base_config() -> ml_collections.ConfigDict:
     lo.w_foreground = 1.0
     # QUIRK (spec §4.4): the official semantic CE ignores the ignore mask. False honours it.
     lo.semseg_ce_ignore_quirk = False
+    # How the full-resolution masks become targets at the output stride (losses/targets.py):
+    # "official" ANDs each block's central 2x2 pixels (spec §4.1 QUIRK: every object shrinks by about an
+    # input pixel per side, and masks learnt from it do too); "area" keeps a pixel when half its block is
+    # set and gives the semantic and foreground terms each class's share of the block as a soft target.
+    lo.target_rule = "official"
 
     # ---------------------------------------------------------------- data (spec §5, §7)
     d = c.data = ml_collections.ConfigDict()

@@ -38,6 +38,17 @@ def lovasz_hinge_reference(logits: np.ndarray, labels: np.ndarray) -> float:
     return total
 
 
+def block_fraction_reference(masks: np.ndarray, factor: int) -> np.ndarray:
+    """Share of set pixels in each factor x factor block, by explicit loops over the blocks (float64)."""
+    h, w = masks.shape[-2] // factor, masks.shape[-1] // factor
+    out = np.zeros(masks.shape[:-2] + (h, w))
+    for i in range(h):
+        for j in range(w):
+            block = masks[..., i * factor : (i + 1) * factor, j * factor : (j + 1) * factor]
+            out[..., i, j] = block.mean(axis=(-2, -1))
+    return out
+
+
 def downsample_reference(masks: np.ndarray, factor: int) -> np.ndarray:
     """Half-pixel bilinear resampling by 1/factor in float64, then truncation to an integer (as uint8)."""
     m = np.asarray(masks, np.float64)
@@ -102,14 +113,20 @@ def stemseg_loss_reference(outputs: dict, targets: dict, config) -> dict[str, fl
             c = config.model.num_classes
             cls = logits[:, :c]
             log_z = np.log(np.sum(np.exp(cls - cls.max(axis=1, keepdims=True)), axis=1)) + cls.max(axis=1)
-            ce = log_z - cls[np.arange(len(target)), target]
+            if "class_fractions" in targets:  # soft targets: -sum_c q_c log p_c, foreground share 1 - q_0
+                shares = np.asarray(targets["class_fractions"][b], np.float64).reshape(-1, c)
+                ce = np.sum(shares * (log_z[:, None] - cls), axis=1)
+                target_fg = 1.0 - shares[:, 0]
+            else:
+                ce = log_z - cls[np.arange(len(target)), target]
+                target_fg = (target > 0).astype(np.float64)
             if lo.semseg_ce_ignore_quirk:
                 sums["semseg"] += ce.mean()
             elif (~ignore).any():
                 sums["semseg"] += ce[~ignore].mean()
             if config.model.foreground_channel and (~ignore).any():
                 x = logits[:, -1]
-                y = (target > 0).astype(np.float64)
+                y = target_fg
                 bce = -(y * np.log(1 / (1 + np.exp(-x))) + (1 - y) * np.log(1 - 1 / (1 + np.exp(-x))))
                 sums["foreground"] += bce[~ignore].mean()
     terms = {k: val / num_clips for k, val in sums.items()}

@@ -11,12 +11,18 @@ import pytest
 
 from stemseg_jax.config import base_config, embedding_dims
 from stemseg_jax.losses import (
+    block_fractions,
     downsample_masks,
     lovasz_hinge_flat,
     prepare_targets,
     stemseg_loss,
 )
-from tests.loss_reference import downsample_reference, lovasz_hinge_reference, stemseg_loss_reference
+from tests.loss_reference import (
+    block_fraction_reference,
+    downsample_reference,
+    lovasz_hinge_reference,
+    stemseg_loss_reference,
+)
 
 TERMS = ("lovasz", "smoothness", "seediness", "embedding", "semseg", "foreground", "total")
 
@@ -117,6 +123,32 @@ def test_stemseg_loss_matches_reference(mode, semseg, foreground, quirk):
         assert want["lovasz"] > 0.01 and want["seediness"] > 0.01  # the case exercises every term
         if semseg:
             assert want["semseg"] > 0.1
+
+
+def test_soft_semantic_targets_match_reference():
+    """``class_fractions`` (``prepare_targets(rule="area")``) replace the hard semantic and foreground targets."""
+    config, loss_fn = jitted_loss("xyt", True, True, False)
+    outputs, targets = make_case(5, config)
+    rng = np.random.default_rng(5)
+    shares = rng.dirichlet(np.full(config.model.num_classes, 0.5), size=targets["ignore"].shape).astype(np.float32)
+    _, hard = loss_fn(outputs, targets)
+    _, soft = loss_fn(outputs, {**targets, "class_fractions": shares})
+    want = stemseg_loss_reference(outputs, {**targets, "class_fractions": shares}, config)
+    for name in TERMS:
+        np.testing.assert_allclose(float(soft[name]), want[name], rtol=1e-4, atol=1e-6, err_msg=name)
+    for name in ("lovasz", "smoothness", "seediness"):  # the instance terms keep the binary masks
+        assert float(soft[name]) == float(hard[name])
+    assert abs(float(soft["semseg"]) - float(hard["semseg"])) > 1e-3
+    # One-hot shares of the hard target give the hard loss.
+    hard_target = np.max(
+        np.where(targets["masks"] & targets["instance_valid"][:, :, None, None, None],
+                 targets["category_ids"][:, :, None, None, None], 0), axis=1)
+    one_hot = np.eye(config.model.num_classes, dtype=np.float32)[hard_target]
+    _, same = loss_fn(outputs, {**targets, "class_fractions": one_hot})
+    for name in TERMS:
+        np.testing.assert_allclose(float(same[name]), float(hard[name]), rtol=1e-5, err_msg=name)
+    with pytest.raises(ValueError, match="class_fractions"):
+        loss_fn(outputs, {**targets, "class_fractions": shares[..., :2]})
 
 
 def test_ce_ignore_quirk_changes_only_the_cross_entropy():
@@ -286,3 +318,40 @@ def test_prepare_targets():
         prepare_targets(batch, (5, 6))
     with pytest.raises(KeyError, match="ignore"):
         prepare_targets({k: v for k, v in batch.items() if k != "ignore"}, (4, 6))
+
+
+def test_prepare_targets_area_rule():
+    """rule="area": instance masks by block majority, soft class shares; the official rule shrinks objects."""
+    rng = np.random.default_rng(2)
+    batch = {
+        "masks": rng.uniform(size=(2, 3, 2, 16, 24)) < 0.35,
+        "instance_valid": np.array([[True, True, False], [True, True, True]]),
+        "category_ids": np.array([[1, 2, 3], [2, 2, 1]], np.int64),
+        "ignore": rng.uniform(size=(2, 2, 16, 24)) < 0.9,
+    }
+    out = jax.jit(lambda b: prepare_targets(b, (4, 6), "area", 4))(batch)
+    valid = batch["instance_valid"][:, :, None, None, None]
+    want_masks = (block_fraction_reference(batch["masks"], 4) >= 0.5) & valid
+    np.testing.assert_array_equal(out["masks"], want_masks)
+    np.testing.assert_array_equal(out["instance_valid"], want_masks.any(axis=(2, 3, 4)))
+    np.testing.assert_array_equal(out["ignore"], downsample_reference(batch["ignore"], 4))  # official either way
+    labels = np.max(np.where(batch["masks"] & valid, batch["category_ids"][:, :, None, None, None], 0), axis=1)
+    want_shares = np.stack([block_fraction_reference(labels == c, 4) for c in range(4)], axis=-1)
+    np.testing.assert_allclose(out["class_fractions"], want_shares, atol=1e-7)
+    np.testing.assert_allclose(np.sum(out["class_fractions"], axis=-1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(block_fractions(batch["masks"], 4), block_fraction_reference(batch["masks"], 4))
+    assert "class_fractions" not in prepare_targets(batch, (4, 6))
+
+    # An 11-pixel-wide bar starting 2 pixels into a block: the majority rule keeps ~its width (3 blocks of
+    # 4), the official AND of each block's central pixels loses one more block.
+    bar = np.zeros((1, 1, 1, 8, 24), bool)
+    bar[..., 2:13] = True
+    one = {"masks": bar, "instance_valid": np.ones((1, 1), bool), "category_ids": np.ones((1, 1), np.int64),
+           "ignore": np.zeros((1, 1, 8, 24), bool)}
+    assert int(prepare_targets(one, (2, 6), "area", 2)["masks"].sum(axis=-1).max()) == 3
+    assert int(prepare_targets(one, (2, 6))["masks"].sum(axis=-1).max()) == 2
+
+    with pytest.raises(ValueError, match="rule"):
+        prepare_targets(batch, (4, 6), "nearest", 4)
+    with pytest.raises(ValueError, match="num_classes"):
+        prepare_targets(batch, (4, 6), "area")

@@ -12,6 +12,7 @@ import optax
 import pytest
 
 from stemseg_jax.data.synthetic import generate
+from stemseg_jax.losses import prepare_targets
 from stemseg_jax.train.optim import build_optimizer, learning_rate_schedule
 from stemseg_jax.train.trainer import train, update_ema
 from tests.helpers import REPO, load_config
@@ -217,3 +218,40 @@ def test_init_checkpoint_loads_a_previous_run(kitti_data, tmp_path):
     a, b = _flat(first["params"]), _flat(second["params"])
     for k in a:
         np.testing.assert_array_equal(b[k], a[k], err_msg=k)
+
+
+def test_loss_fn_target_rules(monkeypatch):
+    """``loss.target_rule`` reaches the targets: "area" adds soft semantic targets, a typo names the field."""
+    from stemseg_jax.model import init_variables
+    from stemseg_jax.train import trainer
+
+    seen = []
+
+    def recording_prepare_targets(*args):
+        out = prepare_targets(*args)
+        seen.append((args[2], sorted(out)))
+        return out
+
+    monkeypatch.setattr(trainer, "prepare_targets", recording_prepare_targets)
+
+    config = load_config("kitti", "tiny")
+    config.data.num_frames = 2
+    batch = {
+        "images": jax.ShapeDtypeStruct((1, 2, 64, 64, 3), jnp.uint8),
+        "masks": jax.ShapeDtypeStruct((1, 2, 2, 64, 64), jnp.bool_),
+        "instance_valid": jax.ShapeDtypeStruct((1, 2), jnp.bool_),
+        "category_ids": jax.ShapeDtypeStruct((1, 2), jnp.int32),
+        "ignore": jax.ShapeDtypeStruct((1, 2, 64, 64), jnp.bool_),
+    }
+    variables = jax.eval_shape(lambda: init_variables(config, jax.random.key(0), jnp.zeros((1, 2, 64, 64, 3))))
+    params = variables["params"]
+    constants = {k: v for k, v in variables.items() if k != "params"}
+    for rule in ("official", "area"):
+        config.loss.target_rule = rule
+        total, terms = jax.eval_shape(trainer.make_loss_fn(config), params, constants, batch)
+        assert total.shape == () and terms["foreground"].shape == ()
+    assert [rule for rule, _ in seen] == ["official", "area"]
+    assert "class_fractions" in seen[1][1] and "class_fractions" not in seen[0][1]
+    config.loss.target_rule = "and"
+    with pytest.raises(ValueError, match="config.loss.target_rule"):
+        trainer.make_loss_fn(config)

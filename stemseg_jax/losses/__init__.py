@@ -16,10 +16,12 @@ from stemseg_jax.config import embedding_dims
 from stemseg_jax.losses.embedding import BANDWIDTH_SCALE, clip_embedding_losses, embedding_losses
 from stemseg_jax.losses.lovasz import lovasz_hinge_flat
 from stemseg_jax.losses.semantic import foreground_bce, semseg_cross_entropy, semseg_target
-from stemseg_jax.losses.targets import downsample_masks, prepare_targets
+from stemseg_jax.losses.targets import TARGET_RULES, block_fractions, downsample_masks, prepare_targets
 
 __all__ = [
     "BANDWIDTH_SCALE",
+    "TARGET_RULES",
+    "block_fractions",
     "clip_embedding_losses",
     "downsample_masks",
     "embedding_losses",
@@ -88,7 +90,9 @@ def stemseg_loss(
         ``semseg_logits [B, T, h, w, C (+1)]`` or None (last channel the foreground logit when
         ``config.model.foreground_channel``).
       targets: ``masks [B, I, T, h, w]`` bool at output resolution, ``instance_valid [B, I]`` bool,
-        ``ignore [B, T, h, w]`` bool, ``category_ids [B, I]`` int (see ``prepare_targets``).
+        ``ignore [B, T, h, w]`` bool, ``category_ids [B, I]`` int (see ``prepare_targets``); with
+        ``class_fractions [B, T, h, w, C]`` (``prepare_targets(rule="area")``) the semantic and
+        foreground terms take those soft targets instead of the hard labels of ``masks``.
       config: reads ``model.{embedding_mode, free_dim_stds, use_semseg_head, num_classes,
         foreground_channel}`` and ``loss.*``.
 
@@ -138,12 +142,22 @@ def stemseg_loss(
     semseg, foreground = zero, zero
     if m_cfg.use_semseg_head:
         logits = outputs["semseg_logits"]
-        target = semseg_target(masks, valid, targets["category_ids"])
+        if "class_fractions" in targets:  # soft targets (prepare_targets(rule="area"))
+            target = targets["class_fractions"]
+            if target.shape[-1] != m_cfg.num_classes:
+                raise ValueError(
+                    f"stemseg_loss: targets 'class_fractions' has {target.shape[-1]} classes, "
+                    f"config.model.num_classes is {m_cfg.num_classes}"
+                )
+            is_foreground = 1.0 - target[..., 0]
+        else:
+            target = semseg_target(masks, valid, targets["category_ids"])
+            is_foreground = target > 0
         semseg = semseg_cross_entropy(
             logits[..., : m_cfg.num_classes], target, ignore, ignore_quirk=bool(l_cfg.semseg_ce_ignore_quirk)
         )
         if _with_foreground(m_cfg):
-            foreground = foreground_bce(logits[..., -1], target > 0, ignore)
+            foreground = foreground_bce(logits[..., -1], is_foreground, ignore)
 
     total = embedding + l_cfg.w_semseg * semseg + l_cfg.w_foreground * foreground
     terms = {

@@ -38,7 +38,7 @@ def semseg_cross_entropy(
 
     Args:
       class_logits: ``[B, T, h, w, C]`` (without the foreground channel).
-      target: ``[B, T, h, w]`` int in [0, C).
+      target: ``[B, T, h, w]`` int in [0, C), or ``[B, T, h, w, C]`` float class shares (soft targets).
       ignore: ``[B, T, h, w]`` bool.
       ignore_quirk: False: mean over non-ignored pixels. True: the official behaviour, a plain
         mean over all pixels (the ignore mask has no effect, spec §4.4 QUIRK).
@@ -47,7 +47,10 @@ def semseg_cross_entropy(
       Scalar (float32, or float64 for float64 logits).
     """
     log_probs = jax.nn.log_softmax(class_logits.astype(jnp.promote_types(class_logits.dtype, jnp.float32)), axis=-1)
-    nll = -jnp.take_along_axis(log_probs, target[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    if target.ndim == class_logits.ndim:  # soft targets: class shares (``prepare_targets(rule="area")``)
+        nll = -jnp.sum(target.astype(log_probs.dtype) * log_probs, axis=-1)
+    else:
+        nll = -jnp.take_along_axis(log_probs, target[..., None].astype(jnp.int32), axis=-1)[..., 0]
     keep = jnp.ones_like(ignore) if ignore_quirk else ~ignore
     return _masked_clip_mean(nll, keep)
 
@@ -57,7 +60,7 @@ def foreground_bce(foreground_logits: jax.Array, foreground: jax.Array, ignore: 
 
     Args:
       foreground_logits: ``[B, T, h, w]``.
-      foreground: ``[B, T, h, w]`` bool target (semseg target > 0).
+      foreground: ``[B, T, h, w]`` bool target (semseg target > 0), or float shares in [0, 1].
       ignore: ``[B, T, h, w]`` bool.
     """
     x = foreground_logits.astype(jnp.promote_types(foreground_logits.dtype, jnp.float32))

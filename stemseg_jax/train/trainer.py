@@ -25,7 +25,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from stemseg_jax.checkpoints import restore_model_variables
-from stemseg_jax.losses import prepare_targets, stemseg_loss
+from stemseg_jax.losses import TARGET_RULES, prepare_targets, stemseg_loss
 from stemseg_jax.model import build_model, trainable_mask
 from stemseg_jax.train.optim import build_optimizer, learning_rate_schedule
 
@@ -93,10 +93,14 @@ def make_loss_fn(config: ml_collections.ConfigDict):
     targets brought to its output resolution, and the STEm-Seg loss. ``constants`` are the non-trained
     collections (``frozen_bn``, ``buffers``). Shared by training, the smoke mode and the benchmarks."""
     model = build_model(config)
+    if config.loss.target_rule not in TARGET_RULES:
+        raise ValueError(f"config.loss.target_rule must be one of {TARGET_RULES}, got {config.loss.target_rule!r}")
 
     def loss_fn(params, constants, batch):
         outputs = model.apply({"params": params, **constants}, batch["images"])
-        targets = prepare_targets(batch, outputs["embeddings"].shape[2:4])
+        targets = prepare_targets(
+            batch, outputs["embeddings"].shape[2:4], config.loss.target_rule, config.model.num_classes
+        )
         return stemseg_loss(outputs, targets, config)
 
     return loss_fn
