@@ -143,6 +143,8 @@ def base_config() -> ml_collections.ConfigDict:
     i.max_tracks = 1000
     i.benchmark = "kitti_mots"
     i.kitti_postprocess = True
+    # Multiplies the post-processing's minimum detection areas (pixels of KITTI's ~375x1242 frames).
+    i.kitti_min_area_scale = 1.0
     i.input = ""  # --mode infer: a video file or frame folder
     i.checkpoint = ""  # defaults to the newest checkpoint in --workdir
     i.use_ema = True  # the train state's moving-average parameters when it has them (train.ema_decay)

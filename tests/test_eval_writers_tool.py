@@ -76,11 +76,16 @@ def test_kitti_postprocess_filters_in_official_order(tmp_path):
     loose = writers.kitti_mots_postprocess(lines, {"min_track_length": {2: 9}, "max_time_break_ratio": {1: 0.75},
                                                    "min_area": {2: 225}, "min_area_ratio": {1: 0.18}})
     assert sorted({int(ln.split()[1]) for ln in loose}) == [1001, 1002, 1005, 2003, 2004]
+    # Areas scaled for smaller frames: 250 * 0.9 = 225 keeps the small pedestrian; 150 * 1.6 = 240 drops the car.
+    assert sorted({int(ln.split()[1]) for ln in writers.kitti_mots_postprocess(lines, area_scale=0.9)}) == [1001, 2004]
+    assert writers.kitti_mots_postprocess(lines, area_scale=1.6) == []
     (tmp_path / "results").mkdir()
     (tmp_path / "results" / "0003.txt").write_text("\n".join(lines) + "\n")
     out = writers.postprocess_kitti_mots_dir(str(tmp_path / "results"))
     assert out.endswith("results_nms")
     assert sorted(open(os.path.join(out, "0003.txt")).read().splitlines()) == sorted(kept)
+    scaled = writers.postprocess_kitti_mots_dir(str(tmp_path / "results"), str(tmp_path / "scaled"), area_scale=0.9)
+    assert {int(ln.split()[1]) for ln in open(os.path.join(scaled, "0003.txt"))} == {1001, 2004}
 
 
 def make_davis(root, frames=3, h=20, w=24):

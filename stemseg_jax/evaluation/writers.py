@@ -221,17 +221,20 @@ def write_kitti_mots_sequence(results_dir: str, seq_id: int | str, detections) -
     return atomic_write_text(os.path.join(results_dir, name), "".join(line + "\n" for line in lines))
 
 
-def kitti_mots_postprocess(lines: Sequence[str], params: dict | None = None) -> list[str]:
+def kitti_mots_postprocess(lines: Sequence[str], params: dict | None = None, area_scale: float = 1.0) -> list[str]:
     """The official KITTI-MOTS post-processing (spec §6.8) on the text lines of one sequence file.
 
     Filters, in order: per detection, pixel area < ``min_area``; pixel / bbox area <= ``min_area_ratio``
     (this also drops any class other than car/pedestrian, as the official script does); per track
     (object id), temporal gaps / detections > ``max_time_break_ratio``; fewer than ``min_track_length``
-    detections. Thresholds per class from ``KITTI_MOTS_POSTPROCESS`` unless ``params`` overrides them.
+    detections. Thresholds per class from ``KITTI_MOTS_POSTPROCESS`` unless ``params`` overrides them;
+    ``area_scale`` then multiplies the ``min_area`` thresholds, which are pixel counts of KITTI's ~375x1242
+    frames (for frames of another size, their pixel count over 375·1242 keeps the same share of the frame).
     """
     p = {k: dict(v) for k, v in KITTI_MOTS_POSTPROCESS.items()}
     for key, per_class in (params or {}).items():
         p[key].update(per_class)
+    p["min_area"] = {c: area * area_scale for c, area in p["min_area"].items()}
     dets = []
     for line in lines:
         f = line.split()
@@ -265,13 +268,15 @@ def kitti_mots_postprocess(lines: Sequence[str], params: dict | None = None) -> 
     return [d[4] for d in kept]
 
 
-def postprocess_kitti_mots_dir(results_dir: str, out_dir: str | None = None, params: dict | None = None) -> str:
+def postprocess_kitti_mots_dir(
+    results_dir: str, out_dir: str | None = None, params: dict | None = None, area_scale: float = 1.0
+) -> str:
     """Applies ``kitti_mots_postprocess`` to every ``????.txt`` of ``results_dir``; writes ``<results_dir>_nms``."""
     results_dir = os.path.normpath(results_dir)
     out_dir = out_dir or results_dir + "_nms"
     names = sorted(n for n in os.listdir(results_dir) if len(n) == 8 and n.endswith(".txt") and n[:4].isdigit())
     for name in names:
         with open(os.path.join(results_dir, name)) as fh:
-            kept = kitti_mots_postprocess(fh.read().splitlines(), params)
+            kept = kitti_mots_postprocess(fh.read().splitlines(), params, area_scale)
         atomic_write_text(os.path.join(out_dir, name), "".join(line + "\n" for line in kept))
     return out_dir

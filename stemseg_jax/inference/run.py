@@ -104,7 +104,9 @@ def _score(config, benchmark, results_dir, records, ytvis_entries, evaluation):
     root = os.path.expandvars(str(val.root))
     if benchmark == "kitti_mots":
         if config.inference.kitti_postprocess:
-            results_dir = evaluation.writers.postprocess_kitti_mots_dir(results_dir)
+            results_dir = evaluation.writers.postprocess_kitti_mots_dir(
+                results_dir, area_scale=float(config.inference.kitti_min_area_scale)
+            )
         result = evaluation.evaluate_kitti_mots(root, results_dir, sequences=[r.name for r in records])
     elif benchmark == "davis":
         result = evaluation.evaluate_davis(root, results_dir, sequences=[r.name for r in records])
