@@ -137,6 +137,9 @@ def base_config() -> ml_collections.ConfigDict:
     # QUIRKs (spec §6.4): the official clusterer uses exp(-0.5*sqrt(d2)) and the farthest cluster.
     i.distance = "squared"  # "squared" (training's definition) or "sqrt" (official)
     i.secondary_assignment = "nearest"  # "nearest" or "farthest" (official)
+    # Cluster each object class's foreground on its own (the semantic head's argmax over object classes);
+    # not official. See inference/clustering.py: cluster_clip_per_class.
+    i.cluster_per_class = False
     i.resize_embeddings = False
     i.min_dim = 0  # 0: same as data.min_dim
     i.max_dim = 0

@@ -13,6 +13,7 @@ from stemseg_jax.inference import (
     TrackChainer,
     clip_schedule,
     cluster_clip,
+    cluster_clip_per_class,
     collapse_repeated_frames,
     kitti_detections,
     masks_to_original,
@@ -203,6 +204,41 @@ def test_cluster_ignores_background_and_rejects_bad_shapes():
         cluster_clip(emb, bw, seed, fg, **OFFICIAL, distance="cosine")
     with pytest.raises(ValueError, match="outside jax.jit"):
         jax.jit(lambda f: cluster_clip(emb, bw, seed, f, **OFFICIAL, compact=True))(fg)
+
+
+def test_cluster_per_class_keeps_a_pedestrian_out_of_the_car_in_front_of_it():
+    """A wide car Gaussian seeded first takes in the pedestrian's points when all are clustered together."""
+    emb = np.array([0.0, 0.1, 0.2, 0.55, 0.6], np.float32).reshape(1, 1, 5, 1)
+    bw = np.array([2.0, 2.0, 2.0, 20.0, 20.0], np.float32).reshape(1, 1, 5, 1)
+    seed = np.array([0.99, 0.9, 0.9, 0.97, 0.9], np.float32).reshape(1, 1, 5)
+    fg = np.ones((1, 1, 5), bool)
+    classes = np.array([1, 1, 1, 2, 2]).reshape(1, 1, 5)  # car, car, car, pedestrian, pedestrian
+    joint = np.asarray(cluster_clip(emb, bw, seed, fg, **OFFICIAL))
+    np.testing.assert_array_equal(joint.ravel(), [0, 0, 0, 0, 0])
+    per_class = cluster_clip_per_class(emb, bw, seed, fg, classes, **OFFICIAL)
+    np.testing.assert_array_equal(per_class.ravel(), [0, 0, 0, 1, 1])
+
+
+def test_cluster_per_class_is_cluster_clip_on_each_class_with_numbering_carried_on():
+    rng = np.random.default_rng(3)
+    for trial in range(4):
+        emb, bw, seed, fg = random_clip(rng)
+        classes = rng.integers(1, 4, fg.shape)
+        if trial == 3:
+            classes[classes == 2] = 3  # a class with no pixel is skipped without using a label
+        got = cluster_clip_per_class(emb, bw, seed, fg, classes, **OFFICIAL, max_instances=3)
+        assert (got[~fg] == -1).all()
+        next_label = 0
+        for k in np.unique(classes[fg]):
+            want = np.asarray(cluster_clip(emb, bw, seed, fg & (classes == k), **OFFICIAL, max_instances=3))
+            mine = fg & (classes == k)
+            np.testing.assert_array_equal(got[mine], np.where(want[mine] >= 0, want[mine] + next_label, -1))
+            next_label += int(want.max()) + 1
+        assert got.max() == next_label - 1
+        for label in np.unique(got[got >= 0]):  # no cluster spans two classes
+            assert len(np.unique(classes[got == label])) == 1
+    with pytest.raises(ValueError, match="classes"):
+        cluster_clip_per_class(emb, bw, seed, fg, classes[:1], **OFFICIAL)
 
 
 # ----------------------------------------------------------------------------------------------- linking

@@ -42,6 +42,18 @@ def test_every_frame_gets_labels_and_memory_is_bounded(segmenter, length):
     assert segmenter.peak_held["frame_accumulators"] <= 8
 
 
+def test_per_class_clustering_runs_and_needs_the_semantic_head(segmenter, monkeypatch):
+    frames = _video(9, seed=2)
+    monkeypatch.setattr(segmenter, "cluster_per_class", True)
+    result = segmenter.segment(lambda t: frames[t], 9, frames.shape[1:3])
+    assert result.linked.label_maps.shape == (9, 16, 24)
+    config = segmenter.config.copy_and_resolve_references()
+    config.inference.cluster_per_class = True
+    config.model.use_semseg_head = False
+    with pytest.raises(ValueError, match="cluster_per_class.*use_semseg_head"):
+        VideoSegmenter(config, segmenter.variables)
+
+
 def test_frame_loader_is_called_once_per_frame(segmenter):
     frames = _video(15, seed=1)
     calls = []

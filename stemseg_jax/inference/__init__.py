@@ -1,6 +1,11 @@
 """Inference post-processing: clip schedule, per-clip clustering, linking and per-benchmark outputs (spec §6)."""
 
-from stemseg_jax.inference.clustering import cluster_clip, clustering_options, free_dim_bandwidths
+from stemseg_jax.inference.clustering import (
+    cluster_clip,
+    cluster_clip_per_class,
+    clustering_options,
+    free_dim_bandwidths,
+)
 from stemseg_jax.inference.forward import forward_clip
 from stemseg_jax.inference.linking import LinkedTracks, TrackChainer
 from stemseg_jax.inference.schedule import clip_schedule, collapse_repeated_frames
@@ -22,6 +27,7 @@ __all__ = [
     "TrackChainer",
     "clip_schedule",
     "cluster_clip",
+    "cluster_clip_per_class",
     "clustering_options",
     "collapse_repeated_frames",
     "forward_clip",

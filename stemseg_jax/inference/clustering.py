@@ -179,6 +179,39 @@ def cluster_clip(
     return _cluster_points(*args, **options).reshape(shape)
 
 
+def cluster_clip_per_class(
+    embeddings, bandwidths, seediness, fg, classes, free_dim_bandwidths=(), **options
+) -> np.ndarray:
+    """``cluster_clip`` run on each object class's foreground pixels separately (``inference.cluster_per_class``).
+
+    Not in the official method, which clusters all foreground pixels together: there a wide Gaussian (a near
+    car's) takes in a pedestrian in front of it, and the track's class vote then calls the merged track a car.
+    Clustered per class, an instance never spans two classes. A benchmark with many, easily confused classes
+    fragments its objects instead (YouTube-VIS), so this is an option.
+
+    Args:
+      embeddings, bandwidths, seediness, fg, free_dim_bandwidths: as for ``cluster_clip``.
+      classes: ``[T, h, w]`` integer object class of every pixel (only its values on ``fg`` are read).
+      **options: ``cluster_clip``'s keyword arguments; ``max_instances`` applies to each class.
+
+    Returns:
+      ``labels [T, h, w] int32``: -1 for background and outliers; the clusters of the lowest class first, then
+      those of the next class numbered on from them, each class's in seed order.
+    """
+    fg = np.asarray(fg, bool)
+    classes = np.asarray(classes)
+    if classes.shape != fg.shape:
+        raise ValueError(f"classes {classes.shape} must have the foreground's shape {fg.shape}")
+    labels = np.full(fg.shape, -1, np.int32)
+    next_label = 0
+    for k in np.unique(classes[fg]):
+        class_labels = np.asarray(
+            cluster_clip(embeddings, bandwidths, seediness, fg & (classes == k), free_dim_bandwidths, **options))
+        labels = np.where(class_labels >= 0, class_labels + next_label, labels)
+        next_label += int(class_labels.max()) + 1
+    return labels
+
+
 def clustering_options(config) -> dict:
     """The keyword arguments of ``cluster_clip`` taken from ``config.inference`` (spec §6.4)."""
     i = config.inference

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stemseg_jax.inference.clustering import cluster_clip, clustering_options
+from stemseg_jax.inference.clustering import cluster_clip, cluster_clip_per_class, clustering_options
 from stemseg_jax.inference.linking import LinkedTracks, TrackChainer
 from stemseg_jax.inference.schedule import clip_schedule, collapse_repeated_frames
 from stemseg_jax.model import build_model
@@ -61,6 +61,11 @@ class VideoSegmenter:
             e, b, s, fg, self.free_dim_bandwidths, compact=True, **self.cluster_options
         )
         self.class_mode = self._class_mode()
+        self.cluster_per_class = bool(config.inference.cluster_per_class)
+        if self.cluster_per_class and not (config.model.use_semseg_head and config.model.num_classes > 1):
+            raise ValueError(
+                "config.inference.cluster_per_class needs the semantic head's classes: model.use_semseg_head is "
+                f"{config.model.use_semseg_head}, model.num_classes is {config.model.num_classes}")
 
     def _class_mode(self) -> str | None:
         m = self.config.model
@@ -141,7 +146,13 @@ class VideoSegmenter:
                 _, frames_c, emb_c, bw_c, seed_c = pending.pop(0)
                 fg = np.stack([self._foreground(f, sem_sum, seed_sum, sem_count) for f in frames_c])
                 t0 = time.perf_counter()
-                labels = np.asarray(self._cluster(emb_c, bw_c, seed_c, jnp.asarray(fg)))
+                if self.cluster_per_class:
+                    classes = np.stack([self._object_class(f, sem_sum) for f in frames_c])
+                    labels = cluster_clip_per_class(
+                        emb_c, bw_c, seed_c, fg, classes, self.free_dim_bandwidths, compact=True, **self.cluster_options
+                    )
+                else:
+                    labels = np.asarray(self._cluster(emb_c, bw_c, seed_c, jnp.asarray(fg)))
                 timings["clustering"] += time.perf_counter() - t0
                 t0 = time.perf_counter()
                 chainer.add_clip(frames_c, labels)
@@ -162,6 +173,11 @@ class VideoSegmenter:
             mean_fg_logit = sem_sum[f][..., -1] / sem_count[f]
             return mean_fg_logit > 0.0  # sigmoid(x) > 0.5
         return seed_sum[f] / sem_count[f] > self.config.inference.seediness_fg_threshold
+
+    def _object_class(self, f, sem_sum) -> np.ndarray:
+        """``[h, w]`` the most likely object class (1..C-1) of each pixel, background left out: the foreground
+        decision is made elsewhere (the foreground channel), and every foreground pixel needs an object class."""
+        return 1 + np.argmax(sem_sum[f][..., 1:self.config.model.num_classes], axis=-1)
 
     def _class_summary(self, f, sem_sum, sem_count):
         if self.class_mode is None or f not in sem_sum:
