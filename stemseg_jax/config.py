@@ -226,7 +226,8 @@ def apply_demo_training(c: ml_collections.ConfigDict) -> None:
     # ~0.35 s per step of 2 clips with data loading and checkpoints; ~25 minutes on the AMD EPYC of the
     # earlier rows of docs/BENCHMARKS.md). With the demo's larger synthetic training sets (tools/demo.sh) and
     # the area targets below, the KITTI-MOTS-format demo reached car / pedestrian sMOTSA 0.775 / 0.675 (these
-    # settings) and 0.736 / 0.678 (second seed), the DAVIS-format one J&F 0.834, the YouTube-VIS one AP 0.629.
+    # settings) and 0.736 / 0.678 (second seed) — 0.775 / 0.698 and 0.720 / 0.711 with the KITTI demo's per-class
+    # clustering (configs/kitti.py) — the DAVIS-format one J&F 0.834, the YouTube-VIS one AP 0.629.
     c.train.num_steps, c.train.decay_start = 2400, 1600
     # Earlier, at 1350 steps on the smaller training sets (docs/BENCHMARKS.md, one run each unless noted):
     # AdamW 1e-3 against the best SGD rate (3e-2 for KITTI, 2e-2 for DAVIS and YouTube-VIS): KITTI-MOTS-format
