@@ -12,6 +12,9 @@ from stemseg_jax import config as base
 
 TRAIN_SEQS = ("0000", "0001", "0003", "0004", "0005", "0009", "0011", "0012", "0015", "0017", "0019", "0020", "0050")
 VAL_SEQS = ("0002", "0006", "0007", "0008", "0010", "0013", "0014", "0016", "0018")
+# Generator seeds of the KITTI demo's extra training sets: tools/demo.sh writes them under more_train/ (keep
+# its MORE_TRAIN_SEEDS equal).
+DEMO_MORE_TRAIN_SEEDS = (10, 11, 12)
 
 
 def get_config(arg=None):
@@ -59,8 +62,13 @@ def get_config(arg=None):
         c = base.make_tiny(c)
         c.inference.min_dim, c.inference.max_dim = 96, 160
     if "demo" in variants:
-        # The synthetic data follows the spec's train/val sequence split, so no sequence lists are needed.
+        # The synthetic data follows the spec's train/val sequence split, so no sequence lists are needed. The
+        # split has 12 train sequences; tools/demo.sh writes three more training sets of 12 beside them: more
+        # scenes for the same frame count (docs/BENCHMARKS.md, seventh session).
         c.data.datasets = dict(kitti_mots=base.dataset("kitti_mots", "$STEMSEG_DEMO_DATA", "train", 1.0))
+        for seed in DEMO_MORE_TRAIN_SEEDS:
+            c.data.datasets[f"kitti_mots_seed{seed}"] = base.dataset(
+                "kitti_mots", f"$STEMSEG_DEMO_DATA/more_train/seed_{seed}", "train", 1.0)
         c.data.val_dataset = base.dataset("kitti_mots", "$STEMSEG_DEMO_DATA", "val")
         base.apply_demo_training(c)
         # Chosen on a held-out tuning split (seed 1, nine videos; not the reported val split): clustering at
