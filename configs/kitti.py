@@ -12,8 +12,8 @@ from stemseg_jax import config as base
 
 TRAIN_SEQS = ("0000", "0001", "0003", "0004", "0005", "0009", "0011", "0012", "0015", "0017", "0019", "0020", "0050")
 VAL_SEQS = ("0002", "0006", "0007", "0008", "0010", "0013", "0014", "0016", "0018")
-# Generator seeds of the KITTI demo's extra training sets: tools/demo.sh writes them under more_train/ (keep
-# its MORE_TRAIN_SEEDS equal).
+# Generator seeds of the KITTI demo's extra training sets: tools/demo.sh reads them here and writes the sets
+# under more_train/.
 DEMO_MORE_TRAIN_SEEDS = (10, 11, 12)
 
 

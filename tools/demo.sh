@@ -14,16 +14,19 @@ FORMAT="${DEMO_FORMAT:-kitti_mots}"
 # no val videos) beside the main one: 48 videos of 100 frames, against 12 of 400 before (the same frame
 # count) — still overfit at 0.87 pedestrian sMOTSA on its training videos against 0.70 on val, the 12 x 400
 # frames were too few scenes (docs/BENCHMARKS.md). Nine val videos of 80 frames (KITTI-MOTS has nine).
-MORE_TRAIN_SEEDS=()
 case "$FORMAT" in
-  kitti_mots) CONFIG="configs/kitti.py:tiny,demo"; DATA_ARGS=(--num_train 12 --num_val 9 --num_frames 100 --num_val_frames 80)
-    MORE_TRAIN_SEEDS=(10 11 12) ;;  # = configs/kitti.py DEMO_MORE_TRAIN_SEEDS
+  kitti_mots) CONFIG="configs/kitti.py:tiny,demo"; DATA_ARGS=(--num_train 12 --num_val 9 --num_frames 100 --num_val_frames 80) ;;
   davis) CONFIG="configs/davis.py:tiny,demo"; DATA_ARGS=(--num_train 120 --num_val 9 --num_frames 40) ;;
   ytvis) CONFIG="configs/youtube_vis.py:tiny,demo"; DATA_ARGS=(--num_train 120 --num_val 9 --num_frames 30) ;;
   *) echo "DEMO_FORMAT must be kitti_mots, davis or ytvis, got '$FORMAT'" >&2; exit 2 ;;
 esac
 OUT="${DEMO_DIR:-demo_output}/$FORMAT"
 python -m pip install -q --disable-pip-version-check -e .
+MORE_TRAIN_SEEDS=()
+if [[ "$FORMAT" == kitti_mots ]]; then  # the seeds of the extra training sets that the demo config lists
+  # (a plain command substitution, so that set -e stops the demo if reading them fails)
+  MORE_TRAIN_SEEDS=($(python -c 'import runpy; print(*runpy.run_path("configs/kitti.py")["DEMO_MORE_TRAIN_SEEDS"])'))
+fi
 export STEMSEG_DEMO_DATA="$OUT/data"
 ARGS=(--config "$CONFIG" --workdir "$OUT/run")
 if [[ -n "${DEMO_STEPS:-}" ]]; then  # keep the demo schedule's shape: decay over the last third
@@ -45,7 +48,7 @@ if [[ ! -f "$STEMSEG_DEMO_DATA/synthetic_info.json" || "$(cat "$STAMP" 2>/dev/nu
     > /dev/null
   for seed in "${MORE_TRAIN_SEEDS[@]}"; do  # more training sequences than the format's 12-sequence split holds
     python tools/make_synthetic_dataset.py --format "$FORMAT" --out "$STEMSEG_DEMO_DATA/more_train/seed_$seed" \
-      --seed "$seed" --num_train 12 --num_val 0 --num_frames 100 > /dev/null
+      --seed "$seed" "${DATA_ARGS[@]}" --num_val 0 > /dev/null
   done
   echo "$STAMP_TEXT" > "$STAMP"
 fi
