@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
+from stemseg_jax import io
 from stemseg_jax.data import categories as cats
-from stemseg_jax.data import io, load_dataset
+from stemseg_jax.data import load_dataset
 from stemseg_jax.data.readers import common
 
 # pycocotools 2.0.11 warns on every decode under numpy 2 (its own __array__ call); nothing to fix here.

@@ -12,7 +12,8 @@ import time
 import numpy as np
 import pytest
 
-from stemseg_jax.data import io, load_dataset, synthetic
+from stemseg_jax import io
+from stemseg_jax.data import load_dataset, synthetic
 from stemseg_jax.data.readers import common
 
 # pycocotools 2.0.11 warns on every decode under numpy 2 (its own __array__ call); nothing to fix here.

@@ -8,8 +8,8 @@ import pytest
 from scipy import ndimage
 
 from stemseg_jax.evaluation import davis
-from stemseg_jax.evaluation._io import atomic_write_indexed_png
 from stemseg_jax.evaluation.writers import write_davis_sequence
+from stemseg_jax.io import write_indexed_png
 
 
 def ref_boundary(mask):
@@ -150,7 +150,7 @@ def write_gt(root, seqs):
         fh.write("\n".join(seqs) + "\n")
     for seq, maps in seqs.items():
         for t, m in enumerate(maps):
-            atomic_write_indexed_png(os.path.join(root, "Annotations_unsupervised", "480p", seq, f"{t:05d}.png"), m)
+            write_indexed_png(os.path.join(root, "Annotations_unsupervised", "480p", seq, f"{t:05d}.png"), m)
 
 
 def test_evaluate_davis_files_global_is_object_weighted(tmp_path):
@@ -178,7 +178,7 @@ def test_bad_input_names_file_and_frame(tmp_path):
     write_davis_sequence(str(tmp_path / "res"), "s", ["00000"], gt[:1])
     with pytest.raises(FileNotFoundError, match=r"00001.png.*frame 00001"):
         davis.evaluate_davis(str(tmp_path / "gt"), str(tmp_path / "res"))
-    atomic_write_indexed_png(str(tmp_path / "res" / "s" / "00001.png"), np.zeros((30, 41), np.uint8))
+    write_indexed_png(str(tmp_path / "res" / "s" / "00001.png"), np.zeros((30, 41), np.uint8))
     with pytest.raises(ValueError, match=r"00001.png: mask size"):
         davis.evaluate_davis(str(tmp_path / "gt"), str(tmp_path / "res"))
     many = np.zeros((2, 30, 40), np.uint8)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from stemseg_jax.evaluation import kitti_mots as km
-from stemseg_jax.evaluation.writers import encode_mask, kitti_mots_line
+from stemseg_jax.io import encode_rle, format_mots_line
 
 H, W = 20, 30
 
@@ -24,7 +24,7 @@ def write_txt(path, rows):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as fh:
         for frame, oid, cls, m in rows:
-            fh.write(kitti_mots_line(frame, oid, cls, encode_mask(m)) + "\n")
+            fh.write(format_mots_line(frame, oid, cls, encode_rle(m)) + "\n")
 
 
 def evaluate(tmp_path, gt_rows, res_rows, n_frames, seq="0002"):
@@ -123,7 +123,7 @@ def test_missing_sequence_and_bad_input(tmp_path):
     with pytest.raises(FileNotFoundError, match="0002"):
         km.evaluate_kitti_mots(str(tmp_path / "gt"), str(tmp_path / "res"), seqmap=str(tmp_path / "seqmap"))
     with open(tmp_path / "res" / "0002.txt", "w") as fh:
-        fh.write("0 1001 1 10 30 " + encode_mask(np.ones((10, 30), bool))["counts"] + "\n")
+        fh.write("0 1001 1 10 30 " + encode_rle(np.ones((10, 30), bool))["counts"] + "\n")
     with pytest.raises(ValueError, match=r"0002.txt, line 1, frame 0: mask size"):
         km.evaluate_kitti_mots(str(tmp_path / "gt"), str(tmp_path / "res"), seqmap=str(tmp_path / "seqmap"))
 

@@ -10,8 +10,9 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from stemseg_jax import io
 from stemseg_jax.evaluation import check, writers
-from stemseg_jax.evaluation._io import atomic_write_indexed_png, voc_palette
+from stemseg_jax.io import voc_palette, write_indexed_png
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -70,7 +71,7 @@ def test_kitti_postprocess_filters_in_official_order(tmp_path):
     dets += [(f, 3, 2, ped) for f in range(9)]  # pedestrian with 9 < 10 detections: dropped
     dets += [(f, 4, 2, small_ped) for f in range(12)]  # area below the pedestrian minimum: dropped
     dets += [(f, 5, 1, ell) for f in range(4)]  # fill ratio too low: dropped
-    lines = [writers.kitti_mots_line(f, c * 1000 + t, c, writers.encode_mask(m)) for f, t, c, m in dets]
+    lines = [io.format_mots_line(f, c * 1000 + t, c, io.encode_rle(m)) for f, t, c, m in dets]
     kept = writers.kitti_mots_postprocess(lines)
     assert sorted({int(ln.split()[1]) for ln in kept}) == [1001]
     loose = writers.kitti_mots_postprocess(lines, {"min_track_length": {2: 9}, "max_time_break_ratio": {1: 0.75},
@@ -95,7 +96,7 @@ def make_davis(root, frames=3, h=20, w=24):
     maps = np.zeros((frames, h, w), np.uint8)
     maps[:, 2:8, 2:8] = 1
     for t in range(frames):
-        atomic_write_indexed_png(os.path.join(root, "Annotations_unsupervised", "480p", "s1", f"{t:05d}.png"), maps[t])
+        write_indexed_png(os.path.join(root, "Annotations_unsupervised", "480p", "s1", f"{t:05d}.png"), maps[t])
     return maps
 
 
@@ -120,10 +121,10 @@ def test_checkers_report_named_problems(tmp_path):
 
     gt = {"videos": [{"id": 4, "height": 5, "width": 6, "length": 2}], "categories": [{"id": 1}]}
     good = {"video_id": 4, "category_id": 1, "score": 0.5,
-            "segmentations": [writers.encode_mask(np.ones((5, 6), bool)), None]}
+            "segmentations": [io.encode_rle(np.ones((5, 6), bool)), None]}
     assert check.check_ytvis(gt, [good]) == []
     bad = [dict(good, video_id=9), dict(good, category_id=2),
-           dict(good, segmentations=[writers.encode_mask(np.ones((5, 7), bool)), {"size": [5, 6], "counts": 3}]),
+           dict(good, segmentations=[io.encode_rle(np.ones((5, 7), bool)), {"size": [5, 6], "counts": 3}]),
            dict(good, segmentations=[None])]
     problems = check.check_ytvis(gt, bad)
     assert any("unknown video 9" in p for p in problems) and any("unknown category 2" in p for p in problems)
@@ -165,7 +166,7 @@ def test_rle_areas_beyond_pycocotools_uint8_limit():
     """pycocotools' area() overflows on numpy 2 past 255 RLEs; our wrapper must not."""
     from pycocotools import mask as mask_utils
 
-    from stemseg_jax.evaluation._io import rle_areas
+    from stemseg_jax.io import rle_areas
 
     rng = np.random.default_rng(0)
     masks = rng.random((300, 12, 10)) < 0.3

@@ -11,7 +11,8 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from stemseg_jax.evaluation import ytvis
-from stemseg_jax.evaluation.writers import encode_mask, encode_masks, write_ytvis_results, ytvis_entry
+from stemseg_jax.evaluation.writers import write_ytvis_results, ytvis_entry
+from stemseg_jax.io import encode_rle, encode_rles, to_coco_rle
 
 H, W = 24, 32
 
@@ -26,7 +27,7 @@ def make_gt(videos, tracks, n_cats=3):
     """videos: {id: length}; tracks: [(video_id, category_id, masks [T, H, W] with empty = absent)]."""
     anns = []
     for k, (vid, cat, masks) in enumerate(tracks, 1):
-        segs = [encode_mask(m) if m.any() else None for m in masks]
+        segs = [encode_rle(m) if m.any() else None for m in masks]
         anns.append({"id": k, "video_id": vid, "category_id": cat, "iscrowd": 0, "segmentations": segs,
                      "areas": [int(m.sum()) if m.any() else None for m in masks]})
     return {
@@ -78,7 +79,7 @@ def test_tube_iou_matches_numpy():
         m = rng.random((t, H, W)) < 0.3
         present = rng.random(t) < 0.7
         m &= present[:, None, None]
-        rles = [ytvis.to_coco_rle(r) if p else None for r, p in zip(encode_masks(m), present)]
+        rles = [to_coco_rle(r) if p else None for r, p in zip(encode_rles(m), present)]
         return rles, m
 
     dts, gts = [track() for _ in range(4)], [track() for _ in range(3)]
@@ -141,7 +142,7 @@ def test_bad_input_is_named():
         ytvis.evaluate_ytvis(gt, [dict(good, video_id=7)])
     with pytest.raises(ValueError, match=r"result 0 \(video 1\) has 3 frames, the video has 2"):
         ytvis.evaluate_ytvis(gt, [dict(good, segmentations=good["segmentations"] + [None])])
-    small = encode_mask(np.zeros((H, W + 1), bool))
+    small = encode_rle(np.zeros((H, W + 1), bool))
     with pytest.raises(ValueError, match=r"video 1\), frame 1: mask size"):
         ytvis.evaluate_ytvis(gt, [dict(good, segmentations=[good["segmentations"][0], small])])
     with pytest.raises(ValueError, match="unknown category 9"):

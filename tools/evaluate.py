@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import tempfile
@@ -27,21 +26,10 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from stemseg_jax.evaluation import check, davis, kitti_mots, writers, ytvis
-from stemseg_jax.evaluation._io import atomic_write_json
+from stemseg_jax.io import json_finite, write_json
 
 # Frame sizes of the real benchmarks (DAVIS 480p, YouTube-VIS's common 720p halved, KITTI).
 REAL_SIZE = {"davis": (480, 854), "ytvis": (360, 640), "kitti_mots": (375, 1242)}
-
-
-def _finite(obj):
-    """JSON has no inf / nan: write them as strings."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return str(obj)
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
 
 
 def _perturb(rng, mask: np.ndarray) -> np.ndarray:
@@ -155,7 +143,7 @@ def main(argv=None) -> int:
         table = kitti_mots.format_table(result)
     result["elapsed_seconds"] = time.perf_counter() - start
     folder = args.results if os.path.isdir(args.results) else os.path.dirname(os.path.abspath(args.results))
-    out = atomic_write_json(os.path.join(folder, f"evaluation_{args.benchmark}.json"), _finite(result))
+    out = write_json(os.path.join(folder, f"evaluation_{args.benchmark}.json"), json_finite(result), indent=1)
     print(table)
     stages = ", ".join(f"{k} {v:.2f} s" for k, v in result["timings"].items())
     print(f"\nEvaluated {result['num_frames']} frames in {result['elapsed_seconds']:.2f} s ({stages}); written {out}")

@@ -23,8 +23,8 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from stemseg_jax.data.io import atomic_write, write_image  # noqa: E402
 from stemseg_jax.data.pipeline import build_train_iterator  # noqa: E402
+from stemseg_jax.io import atomic_write, write_image  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/kitti.py:tiny.")
 _OUT = flags.DEFINE_string("out", None, "Output directory for clips.png and clips.gif.")

@@ -1,8 +1,8 @@
 """Dataset readers, synthetic datasets and the input pipeline (never imports the model)."""
 
-from stemseg_jax.data.io import read_image
 from stemseg_jax.data.readers import READERS, load_dataset
 from stemseg_jax.data.records import EmptyMaskSource, MaskSource, VideoRecord
+from stemseg_jax.io import read_image
 
 __all__ = ["EmptyMaskSource", "MaskSource", "READERS", "VideoRecord", "load_dataset", "read_image"]
 

@@ -39,7 +39,7 @@ from absl import flags
 
 from stemseg_jax import preprocessing
 from stemseg_jax.data import augment, duplicator, sampling
-from stemseg_jax.data.io import read_image
+from stemseg_jax.io import read_image
 
 BUCKETS_PER_ORIENTATION = 2
 # Reader formats whose records are split at long empty runs instead of losing empty frames.

@@ -29,7 +29,7 @@ import os
 import cv2
 import numpy as np
 
-from stemseg_jax.data import io
+from stemseg_jax import io
 from stemseg_jax.data.readers.kitti_mots import KITTI_TRAIN, KITTI_VAL
 
 FORMATS = ("davis", "ytvis", "kitti_mots", "coco")

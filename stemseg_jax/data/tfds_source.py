@@ -20,7 +20,7 @@ import json
 
 import numpy as np
 
-from stemseg_jax.data import io
+from stemseg_jax import io
 from stemseg_jax.data.readers import load_dataset
 
 

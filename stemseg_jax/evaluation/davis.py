@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from stemseg_jax.evaluation._io import read_index_png
+from stemseg_jax.io import read_index_png
 
 MAX_PROPOSALS = 20
 BOUND_TH = 0.008

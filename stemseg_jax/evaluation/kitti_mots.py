@@ -22,6 +22,7 @@ from pycocotools import mask as mask_utils
 from scipy.optimize import linear_sum_assignment
 
 from stemseg_jax.evaluation.writers import KITTI_CAR, KITTI_IGNORE, KITTI_PEDESTRIAN, check_no_overlap
+from stemseg_jax.io import parse_mots_line
 
 CLASSES = {"car": KITTI_CAR, "pedestrian": KITTI_PEDESTRIAN}
 VAL_SEQUENCES = ["0002", "0006", "0007", "0008", "0010", "0013", "0014", "0016", "0018"]
@@ -46,15 +47,10 @@ def load_txt(path: str, allowed_classes, max_frame: int | None = None, size: dic
     frames = defaultdict(list)
     with open(path) as fh:
         for n, line in enumerate(fh, 1):
-            f = line.split()
-            if not f:
+            parsed = parse_mots_line(line, f"{path}, line {n}")
+            if parsed is None:
                 continue
-            if len(f) != 6:
-                raise ValueError(f"{path}, line {n}: expected 6 fields 'frame id class h w rle', got {len(f)}")
-            try:
-                frame, obj, cls, h, w = (int(x) for x in f[:5])
-            except ValueError as err:
-                raise ValueError(f"{path}, line {n}: {err}") from err
+            frame, obj, cls, h, w, counts = parsed
             if cls not in allowed_classes:
                 raise ValueError(f"{path}, line {n}, frame {frame}: class {cls} not in {sorted(allowed_classes)}")
             if frame < 0 or (max_frame is not None and frame > max_frame):
@@ -63,7 +59,7 @@ def load_txt(path: str, allowed_classes, max_frame: int | None = None, size: dic
                 expected = size.setdefault(frame, (h, w))
                 if (h, w) != tuple(expected):
                     raise ValueError(f"{path}, line {n}, frame {frame}: mask size {(h, w)} differs from {expected}")
-            rle = {"size": [h, w], "counts": f[5].encode("ascii")}
+            rle = {"size": [h, w], "counts": counts.encode("ascii")}
             frames[frame].append((obj, cls, rle))
     for frame, objs in frames.items():
         ids = [o for o, _, _ in objs]

@@ -21,7 +21,17 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from stemseg_jax.evaluation._io import atomic_write_bytes, atomic_write_indexed_png, atomic_write_text, rle_areas
+from stemseg_jax.io import (
+    encode_rle,
+    encode_rles,
+    format_mots_line,
+    parse_mots_line,
+    rle_areas,
+    to_coco_rle,
+    write_bytes,
+    write_indexed_png,
+    write_text,
+)
 
 MAX_DAVIS_PROPOSALS = 20
 KITTI_CAR, KITTI_PEDESTRIAN, KITTI_IGNORE = 1, 2, 10
@@ -33,31 +43,6 @@ KITTI_MOTS_POSTPROCESS = {
     "max_time_break_ratio": {KITTI_CAR: 0.3, KITTI_PEDESTRIAN: 0.5},
     "min_track_length": {KITTI_CAR: 3, KITTI_PEDESTRIAN: 10},
 }
-
-
-# ----------------------------------------------------------------------------------------------- RLE helpers
-def encode_mask(mask: np.ndarray) -> dict:
-    """``[H, W]`` bool -> compressed COCO RLE ``{"size": [h, w], "counts": str}`` (column-major, pycocotools)."""
-    rle = mask_utils.encode(np.asfortranarray(np.asarray(mask, dtype=np.uint8)))
-    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
-
-
-def encode_masks(masks: np.ndarray) -> list[dict]:
-    """``[T, H, W]`` bool -> one compressed RLE per frame (one pycocotools call for all frames)."""
-    masks = np.asarray(masks, dtype=np.uint8)
-    if masks.ndim != 3:
-        raise ValueError(f"masks must be [T, H, W], got shape {masks.shape}")
-    rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0)))
-    return [{"size": [int(r["size"][0]), int(r["size"][1])], "counts": r["counts"].decode("ascii")} for r in rles]
-
-
-def to_coco_rle(rle: dict) -> dict:
-    """A JSON-style RLE (str counts) as pycocotools wants it (bytes counts)."""
-    counts = rle["counts"]
-    if isinstance(counts, list):  # uncompressed RLE, as in real YouTube-VIS ground truth
-        h, w = rle["size"]
-        return mask_utils.frPyObjects(rle, h, w)
-    return {"size": list(rle["size"]), "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
 
 
 # ----------------------------------------------------------------------------------------------- DAVIS
@@ -87,7 +72,7 @@ def write_davis_sequence(
     out = []
     for name, labels in zip(frame_names, label_maps):
         stem = os.path.splitext(os.path.basename(str(name)))[0]
-        out.append(atomic_write_indexed_png(os.path.join(results_dir, seq, stem + ".png"), labels.astype(np.uint8)))
+        out.append(write_indexed_png(os.path.join(results_dir, seq, stem + ".png"), labels.astype(np.uint8)))
     return out
 
 
@@ -101,7 +86,7 @@ def ytvis_entry(video_id: int, category_id: int, score: float, masks: np.ndarray
         "video_id": int(video_id),
         "category_id": int(category_id),
         "score": float(score),
-        "segmentations": encode_masks(masks),
+        "segmentations": encode_rles(masks),
     }
 
 
@@ -144,21 +129,15 @@ def write_ytvis_results(results_dir: str, entries: Iterable[dict]) -> tuple[str,
             for e in entries
         ]
     ).encode("utf-8")
-    json_path = atomic_write_bytes(os.path.join(results_dir, "results.json"), payload)
+    json_path = write_bytes(os.path.join(results_dir, "results.json"), payload)
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("results.json", payload)
-    zip_path = atomic_write_bytes(os.path.join(results_dir, "results.zip"), buf.getvalue())
+    zip_path = write_bytes(os.path.join(results_dir, "results.zip"), buf.getvalue())
     return json_path, zip_path
 
 
 # ----------------------------------------------------------------------------------------------- KITTI-MOTS
-def kitti_mots_line(frame: int, object_id: int, class_id: int, rle: dict) -> str:
-    h, w = rle["size"]
-    counts = rle["counts"].decode("ascii") if isinstance(rle["counts"], bytes) else rle["counts"]
-    return f"{int(frame)} {int(object_id)} {int(class_id)} {int(h)} {int(w)} {counts}"
-
-
 def _kitti_lines(seq_label: str, detections) -> list[str]:
     """Validates ``(frame, track_id, class_id, mask)`` detections and returns the text lines, sorted by frame."""
     per_frame = defaultdict(list)
@@ -176,9 +155,7 @@ def _kitti_lines(seq_label: str, detections) -> list[str]:
     lines = []
     for frame in sorted(per_frame):
         dets = per_frame[frame]
-        rles = [m if isinstance(m, dict) else mask_utils.encode(np.asfortranarray(np.asarray(m, np.uint8)))
-                for _, _, m in dets]
-        rles = [to_coco_rle(r) if isinstance(r.get("counts"), str) else r for r in rles]
+        rles = [to_coco_rle(m if isinstance(m, dict) else encode_rle(m)) for _, _, m in dets]
         sizes = {tuple(int(s) for s in r["size"]) for r in rles}
         if len(sizes) > 1:
             raise ValueError(f"{seq_label}, frame {frame}: masks of different sizes {sorted(sizes)}")
@@ -187,7 +164,7 @@ def _kitti_lines(seq_label: str, detections) -> list[str]:
             raise ValueError(f"{seq_label}, frame {frame}: the same object id appears twice")
         check_no_overlap(rles, f"{seq_label}, frame {frame}")
         for (_, class_id, _), oid, rle in zip(dets, object_ids, rles):
-            lines.append(kitti_mots_line(frame, oid, class_id, rle))
+            lines.append(format_mots_line(frame, oid, class_id, rle))
     return lines
 
 
@@ -218,10 +195,11 @@ def write_kitti_mots_sequence(results_dir: str, seq_id: int | str, detections) -
     """
     name = f"{int(seq_id):04d}.txt"
     lines = _kitti_lines(name, list(detections))
-    return atomic_write_text(os.path.join(results_dir, name), "".join(line + "\n" for line in lines))
+    return write_text(os.path.join(results_dir, name), "".join(line + "\n" for line in lines))
 
 
-def kitti_mots_postprocess(lines: Sequence[str], params: dict | None = None, area_scale: float = 1.0) -> list[str]:
+def kitti_mots_postprocess(lines: Sequence[str], params: dict | None = None, area_scale: float = 1.0,
+                           where: str = "<lines>") -> list[str]:
     """The official KITTI-MOTS post-processing (spec §6.8) on the text lines of one sequence file.
 
     Filters, in order: per detection, pixel area < ``min_area``; pixel / bbox area <= ``min_area_ratio``
@@ -236,12 +214,12 @@ def kitti_mots_postprocess(lines: Sequence[str], params: dict | None = None, are
         p[key].update(per_class)
     p["min_area"] = {c: area * area_scale for c, area in p["min_area"].items()}
     dets = []
-    for line in lines:
-        f = line.split()
-        if not f:
+    for n, line in enumerate(lines, 1):
+        parsed = parse_mots_line(line, f"{where}, line {n}")
+        if parsed is None:
             continue
-        rle = {"size": [int(f[3]), int(f[4])], "counts": f[5].encode("ascii")}
-        dets.append((int(f[0]), int(f[1]), int(f[2]), rle, line.strip()))
+        frame, obj, cls, h, w, counts = parsed
+        dets.append((frame, obj, cls, {"size": [h, w], "counts": counts.encode("ascii")}, line.strip()))
     if not dets:
         return []
     areas = rle_areas([d[3] for d in dets])
@@ -276,7 +254,8 @@ def postprocess_kitti_mots_dir(
     out_dir = out_dir or results_dir + "_nms"
     names = sorted(n for n in os.listdir(results_dir) if len(n) == 8 and n.endswith(".txt") and n[:4].isdigit())
     for name in names:
-        with open(os.path.join(results_dir, name)) as fh:
-            kept = kitti_mots_postprocess(fh.read().splitlines(), params, area_scale)
-        atomic_write_text(os.path.join(out_dir, name), "".join(line + "\n" for line in kept))
+        path = os.path.join(results_dir, name)
+        with open(path) as fh:
+            kept = kitti_mots_postprocess(fh.read().splitlines(), params, area_scale, where=path)
+        write_text(os.path.join(out_dir, name), "".join(line + "\n" for line in kept))
     return out_dir

@@ -19,8 +19,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.cocoeval import COCOeval
 
-from stemseg_jax.evaluation._io import rle_areas
-from stemseg_jax.evaluation.writers import to_coco_rle
+from stemseg_jax.io import rle_areas, to_coco_rle
 
 # ytvoseval's area ranges (on the mean per-frame area), not COCO's 32^2 / 96^2.
 AREA_RANGES = [[0**2, 1e5**2], [0**2, 128**2], [128**2, 256**2], [256**2, 1e5**2]]

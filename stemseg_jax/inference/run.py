@@ -43,7 +43,7 @@ def restore_variables(config, workdir: str | None) -> dict:
 
 
 def _video_loader(record):
-    from stemseg_jax.data.io import read_image
+    from stemseg_jax.io import read_image
 
     return lambda t: read_image(record.frame_paths[t])
 
@@ -93,9 +93,9 @@ def evaluate_split(config, workdir: str) -> dict:
     metrics = _score(config, benchmark, results_dir, records, ytvis_entries, evaluation)
     summary = {"benchmark": benchmark, "videos": len(records), "frames": num_frames,
                "inference_seconds": seconds, "inference_timings": timings, "metrics": metrics}
-    from stemseg_jax.evaluation._io import atomic_write_json
+    from stemseg_jax.io import write_json
 
-    atomic_write_json(os.path.join(out_dir, "metrics.json"), summary)
+    write_json(os.path.join(out_dir, "metrics.json"), summary, indent=1)
     return summary
 
 
@@ -128,7 +128,7 @@ def _list_frames(path: str) -> tuple[int, callable, tuple[int, int]]:
         files = sorted(f for f in glob.glob(os.path.join(path, "*")) if f.lower().endswith(IMAGE_EXTENSIONS))
         if not files:
             raise FileNotFoundError(f"config.inference.input: no image files ({IMAGE_EXTENSIONS}) in {path}")
-        from stemseg_jax.data.io import read_image
+        from stemseg_jax.io import read_image
 
         first = read_image(files[0])
         return len(files), lambda t: read_image(files[t]), first.shape[:2]
@@ -150,7 +150,7 @@ def _list_frames(path: str) -> tuple[int, callable, tuple[int, int]]:
 def infer_input(config, workdir: str) -> str:
     """Segments ``config.inference.input`` (a video file or a folder of frames) and writes
     ``masks/<frame>.png`` (indexed PNGs, one id per track), ``overlay.mp4`` and ``overlay.gif``."""
-    from stemseg_jax.evaluation._io import atomic_write_indexed_png
+    from stemseg_jax.io import write_indexed_png
 
     path = os.path.abspath(os.path.expandvars(config.inference.input or ""))
     if not config.inference.input:
@@ -165,7 +165,7 @@ def infer_input(config, workdir: str) -> str:
     name = os.path.splitext(os.path.basename(path.rstrip("/")))[0]
     out_dir = os.path.join(os.path.abspath(workdir), "infer", name)
     for t in range(n):  # up to 255 tracks (the DAVIS writer stops at the benchmark's 20)
-        atomic_write_indexed_png(os.path.join(out_dir, "masks", f"{t:05d}.png"), label_maps[t])
+        write_indexed_png(os.path.join(out_dir, "masks", f"{t:05d}.png"), label_maps[t])
     overlays = [overlay(load(t), label_maps[t]) for t in range(n)]
     write_overlay_video(os.path.join(out_dir, "overlay.mp4"), overlays)
     write_gif(os.path.join(out_dir, "overlay.gif"), overlays)
@@ -174,7 +174,7 @@ def infer_input(config, workdir: str) -> str:
 
 
 def _palette() -> np.ndarray:
-    from stemseg_jax.evaluation._io import voc_palette
+    from stemseg_jax.io import voc_palette
 
     return np.asarray(voc_palette(256), np.uint8).reshape(256, 3)
 

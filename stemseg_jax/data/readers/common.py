@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from stemseg_jax.data import io
+from stemseg_jax import io
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 
-from stemseg_jax.data import io
+from stemseg_jax import io
 from stemseg_jax.data.readers import common
 from stemseg_jax.data.records import VideoRecord
 

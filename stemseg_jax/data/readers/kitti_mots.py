@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import os
 
-from stemseg_jax.data import io
+from stemseg_jax import io
 from stemseg_jax.data.categories import KITTI_CATEGORIES, KITTI_IGNORE_CLASS
 from stemseg_jax.data.readers import common
 from stemseg_jax.data.records import VideoRecord
@@ -116,19 +116,13 @@ def _from_txt(path: str, name: str, frames: list[str]) -> VideoRecord:
         if not line.strip():
             continue
         where = f"{path}:{ln}"
-        parts = line.split()
-        if len(parts) != 6:
-            raise ValueError(f"{where}: expected 6 fields 'frame obj_id class_id height width rle', got {len(parts)}")
-        try:
-            frame, obj, cls, mh, mw = (int(p) for p in parts[:5])
-        except ValueError:
-            raise ValueError(f"{where}: non-integer frame/object/class/size field") from None
+        frame, obj, cls, mh, mw, counts = io.parse_mots_line(line, where)
         if frame not in index_of:
             raise ValueError(f"{where}: frame {frame} has no image in {os.path.dirname(frames[0])}")
         t = index_of[frame]
         if (mh, mw) != (h, w):
             raise ValueError(f"{where}: mask size {mh}x{mw} disagrees with frame {frame} of size {h}x{w}")
-        rle = {"size": [h, w], "counts": parts[5]}
+        rle = {"size": [h, w], "counts": counts}
         if cls == KITTI_IGNORE_CLASS:
             ignore[t].append(rle)
             continue

@@ -16,8 +16,8 @@ from __future__ import annotations
 import logging
 import os
 
+from stemseg_jax import io
 from stemseg_jax.data import categories as cats
-from stemseg_jax.data import io
 from stemseg_jax.data.readers import common
 from stemseg_jax.data.records import VideoRecord
 

@@ -18,8 +18,8 @@ import os
 
 import numpy as np
 
+from stemseg_jax import io
 from stemseg_jax.data import categories as cats
-from stemseg_jax.data import io
 from stemseg_jax.data.readers import common
 from stemseg_jax.data.records import VideoRecord
 

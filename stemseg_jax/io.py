@@ -1,14 +1,20 @@
-"""File I/O shared by the readers, the synthetic generator and the pipeline.
+"""File I/O of the whole project: images, label PNGs, COCO RLEs, the MOTS text format, atomic writers.
 
-Images are read with OpenCV and stay BGR (the network sees BGR, spec §1.4). Label PNGs are read with
-Pillow because OpenCV expands palette (indexed) PNGs to colours, losing the instance ids. RLEs and
-polygons go through pycocotools. Every writer is atomic: it writes a temporary file in the target
-directory and ``os.replace``s it, so a crash never leaves a half-written file.
+Leaf module (imports nothing of the project), used by the readers, the synthetic generator, the
+evaluation package, inference and the tools. Images are read with OpenCV and stay BGR (the network
+sees BGR, spec §1.4). Label PNGs are read with Pillow because OpenCV expands palette (indexed) PNGs
+to colours, losing the instance ids. RLEs and polygons go through pycocotools.
+
+Every writer is atomic: it writes a temporary file in the target directory and ``os.replace``s it,
+so a crash never leaves a half-written file; the file gets the mode an ordinary ``open()`` would
+give it (``mkstemp`` alone makes it 0600).
 """
 
 from __future__ import annotations
 
+import io
 import json
+import math
 import os
 import string
 import tempfile
@@ -19,6 +25,8 @@ import cv2
 import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
+
+# ---------------------------------------------------------------------------------------------- reading
 
 
 def read_image(path: str) -> np.ndarray:
@@ -50,6 +58,17 @@ def read_label_png(path: str) -> np.ndarray:
     if arr.ndim != 2:
         raise ValueError(f"label PNG {path} has shape {arr.shape}; expected a single channel")
     return arr.astype(np.int32)
+
+
+def read_index_png(path: str) -> np.ndarray:
+    """Reads a PNG as a plain index array in its stored dtype, as the DAVIS toolkit does
+    (``np.array(Image.open(path))``): the evaluation keeps the toolkit's uint8 semantics."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"missing PNG {path}")
+    with Image.open(path) as img:
+        if img.mode not in ("P", "L", "I", "I;16"):
+            raise ValueError(f"{path}: expected an indexed (P) or single-channel PNG, got mode {img.mode}")
+        return np.array(img)
 
 
 def image_size(path: str) -> tuple[int, int]:
@@ -160,14 +179,27 @@ def compressed_rle_total(counts: bytes) -> int:
     return int(runs.sum())
 
 
+def encode_rles(masks: np.ndarray) -> list[dict]:
+    """``[K, H, W]`` bool -> ``K`` compressed COCO RLEs ``{"size": [H, W], "counts": str}`` (JSON-ready),
+    in one pycocotools call. The project's only RLE encoder (``encode_rle`` is its one-mask form)."""
+    masks = np.asarray(masks)
+    if masks.ndim != 3:
+        raise ValueError(f"masks must be [K, H, W], got shape {masks.shape}")
+    if masks.shape[0] == 0:
+        return []
+    rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
+    return [{"size": [int(r["size"][0]), int(r["size"][1])], "counts": r["counts"].decode("ascii")} for r in rles]
+
+
 def encode_rle(mask: np.ndarray) -> dict:
     """``[H, W] bool`` -> compressed COCO RLE dict with a ``str`` ``counts`` (JSON-serialisable)."""
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
+    return encode_rles(np.asarray(mask)[None])[0]
 
 
 def encode_rle_uncompressed(mask: np.ndarray) -> dict:
-    """``[H, W] bool`` -> uncompressed RLE (column-major runs starting with a zero run), as YouTube-VIS GT."""
+    """``[H, W] bool`` -> uncompressed RLE (column-major runs starting with a zero run), as YouTube-VIS GT.
+
+    pycocotools has no public encoder to this form (it only reads it), hence NumPy."""
     flat = np.asarray(mask, bool).ravel(order="F")
     change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
     bounds = np.concatenate([[0], change, [flat.size]])
@@ -177,10 +209,62 @@ def encode_rle_uncompressed(mask: np.ndarray) -> dict:
     return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": runs}
 
 
+def to_coco_rle(rle: dict) -> dict:
+    """A JSON-style RLE (str counts, or uncompressed list counts) as pycocotools wants it (bytes counts)."""
+    counts = rle["counts"]
+    if isinstance(counts, list):  # uncompressed RLE, as in real YouTube-VIS ground truth
+        h, w = rle["size"]
+        return mask_utils.frPyObjects(rle, h, w)
+    return {"size": list(rle["size"]), "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+
+
+def rle_areas(rles: list) -> np.ndarray:
+    """``pycocotools.mask.area`` over any number of RLEs, as ``int64 [N]``.
+
+    pycocotools 2.0.x builds its output with ``np.array((n,), dtype=np.uint8)``, which numpy 2 rejects
+    (OverflowError) once a call gets more than 255 RLEs; chunks of 255 avoid that.
+    """
+    rles = list(rles)
+    chunks = [np.asarray(mask_utils.area(rles[i : i + 255]), np.int64).reshape(-1) for i in range(0, len(rles), 255)]
+    return np.concatenate(chunks) if chunks else np.zeros(0, np.int64)
+
+
+# ------------------------------------------------------------------------------------ MOTS text format
+
+
+def format_mots_line(frame: int, object_id: int, class_id: int, rle: dict) -> str:
+    """One line of the KITTI-MOTS / MOTSChallenge text format: ``frame object_id class_id h w rle``."""
+    h, w = rle["size"]
+    counts = rle["counts"].decode("ascii") if isinstance(rle["counts"], bytes) else rle["counts"]
+    return f"{int(frame)} {int(object_id)} {int(class_id)} {int(h)} {int(w)} {counts}"
+
+
+def parse_mots_line(line: str, where: str) -> tuple[int, int, int, int, int, str] | None:
+    """The inverse of ``format_mots_line``: ``(frame, object_id, class_id, h, w, counts)``, or None for a
+    blank line. ``where`` (file and line) heads the error of a malformed line. The one parser of the format:
+    ground-truth readers, the evaluation and the post-processing all read results through it."""
+    fields = line.split()
+    if not fields:
+        return None
+    if len(fields) != 6:
+        raise ValueError(f"{where}: expected 6 fields 'frame object_id class_id height width rle', got {len(fields)}")
+    try:
+        frame, obj, cls, h, w = (int(x) for x in fields[:5])
+    except ValueError:
+        raise ValueError(f"{where}: a non-integer frame / object id / class / size in {line.strip()[:80]!r}") from None
+    return frame, obj, cls, h, w, fields[5]
+
+
 # ------------------------------------------------------------------------------------ atomic writers
 
 
-def atomic_write(path: str, write: Callable[[str], None]) -> None:
+def _ordinary_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def atomic_write(path: str, write: Callable[[str], None]) -> str:
     """Calls ``write(tmp_path)`` for a temp file next to ``path``, then renames it onto ``path``."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
@@ -189,30 +273,60 @@ def atomic_write(path: str, write: Callable[[str], None]) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, _ordinary_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+    return path
 
 
-def write_json(path: str, obj: Any) -> None:
+def write_bytes(path: str, data: bytes) -> str:
     def _write(tmp):
-        with open(tmp, "w") as f:
-            json.dump(obj, f, separators=(",", ":"))
+        with open(tmp, "wb") as f:
+            f.write(data)
 
-    atomic_write(path, _write)
-
-
-def write_text(path: str, text: str) -> None:
-    def _write(tmp):
-        with open(tmp, "w") as f:
-            f.write(text)
-
-    atomic_write(path, _write)
+    return atomic_write(path, _write)
 
 
-def write_image(path: str, image: np.ndarray, jpeg_quality: int = 95) -> None:
+def write_text(path: str, text: str) -> str:
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def _json_default(obj):
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, bytes):
+        return obj.decode("ascii")
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def json_finite(obj):
+    """JSON has no inf / nan: ``obj`` with them written as strings (metrics may hold them)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: json_finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_finite(v) for v in obj]
+    return obj
+
+
+def write_json(path: str, obj: Any, *, indent: int | None = None) -> str:
+    """Writes ``obj`` (NumPy scalars and arrays allowed) as JSON: compact, or with ``indent`` for people."""
+    if indent is None:
+        text = json.dumps(obj, separators=(",", ":"), default=_json_default)
+    else:
+        text = json.dumps(obj, indent=indent, default=_json_default) + "\n"
+    return write_text(path, text)
+
+
+def write_image(path: str, image: np.ndarray, jpeg_quality: int = 95) -> str:
     """Writes a ``[H, W, 3] uint8`` BGR image (format from the extension)."""
 
     def _write(tmp):
@@ -220,35 +334,33 @@ def write_image(path: str, image: np.ndarray, jpeg_quality: int = 95) -> None:
         if not cv2.imwrite(tmp, image, params):
             raise OSError(f"cv2.imwrite failed for {path}")
 
-    atomic_write(path, _write)
+    return atomic_write(path, _write)
 
 
-def _voc_palette() -> list[int]:
-    """The PASCAL VOC colour map (bit-interleaved), used by DAVIS annotation PNGs."""
-    palette = []
-    for i in range(256):
-        r = g = b = 0
-        c = i
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        palette += [r, g, b]
-    return palette
+def voc_palette(n: int = 256) -> np.ndarray:
+    """The PASCAL-VOC colour map of DAVIS annotations: ``[n, 3] uint8`` (bits of the index spread over RGB)."""
+    idx = np.arange(n)
+    rgb = np.zeros((n, 3), np.int64)
+    for shift in range(8):
+        for channel in range(3):
+            bit = (idx >> (3 * shift + channel)) & 1
+            rgb[:, channel] |= bit << (7 - shift)
+    return rgb.astype(np.uint8)
 
 
-def write_indexed_png(path: str, labels: np.ndarray) -> None:
+def write_indexed_png(path: str, labels: np.ndarray) -> str:
     """Writes ``[H, W]`` ids in 0..255 as an indexed (mode P) PNG with the VOC palette (DAVIS convention)."""
+    labels = np.asarray(labels)
     if labels.min(initial=0) < 0 or labels.max(initial=0) > 255:
         raise ValueError(f"{path}: indexed PNG values must lie in 0..255")
-    arr = np.ascontiguousarray(labels, dtype=np.uint8)
-    im = Image.frombytes("P", (arr.shape[1], arr.shape[0]), arr.tobytes())
-    im.putpalette(_voc_palette())
-    atomic_write(path, lambda tmp: im.save(tmp, format="PNG"))
+    img = Image.fromarray(np.ascontiguousarray(labels, dtype=np.uint8), mode="P")
+    img.putpalette(voc_palette().reshape(-1).tolist())
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return write_bytes(path, buf.getvalue())
 
 
-def write_uint16_png(path: str, labels: np.ndarray) -> None:
+def write_uint16_png(path: str, labels: np.ndarray) -> str:
     """Writes ``[H, W]`` ids in 0..65535 as a 16-bit grey PNG (KITTI-MOTS / Mapillary instance PNGs)."""
     if labels.min(initial=0) < 0 or labels.max(initial=0) > 65535:
         raise ValueError(f"{path}: 16-bit PNG values must lie in 0..65535")
@@ -258,4 +370,4 @@ def write_uint16_png(path: str, labels: np.ndarray) -> None:
         if not cv2.imwrite(tmp, arr):
             raise OSError(f"cv2.imwrite failed for {path}")
 
-    atomic_write(path, _write)
+    return atomic_write(path, _write)
