@@ -56,7 +56,7 @@ def run(config, workdir: str | None, mode: str) -> int:
         check_dataset_paths(config)
         train(config, workdir)
         return 0
-    from stemseg_jax.inference.run import evaluate_split, infer_input
+    from stemseg_jax.runner import evaluate_split, infer_input
 
     if mode == "evaluate":
         evaluate_split(config, workdir)

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from stemseg_jax.losses.objective import make_loss_fn
 from stemseg_jax.model import build_model
 from stemseg_jax.preprocessing import padded_dims
 
@@ -34,8 +35,6 @@ def generated_batch(config, *, height: int, width: int, num_instances: int = 3, 
 
 
 def run_smoke(config, height: int | None = None, width: int | None = None) -> dict:
-    from stemseg_jax.train.trainer import make_loss_fn
-
     height = height or config.data.min_dim
     width = width or config.data.max_dim
     batch = generated_batch(config, height=height, width=width)
@@ -47,7 +46,7 @@ def run_smoke(config, height: int | None = None, width: int | None = None) -> di
 
     constants = {k: v for k, v in variables.items() if k != "params"}
     forward = jax.jit(lambda v, x: model.apply(v, x))
-    grad = jax.jit(jax.value_and_grad(make_loss_fn(config), has_aux=True))
+    grad = jax.jit(jax.value_and_grad(make_loss_fn(config, model), has_aux=True))
     timings = {}
     for name, fn in (("forward", lambda: forward(variables, batch["images"])),
                      ("forward+loss+backward", lambda: grad(variables["params"], constants, batch))):

@@ -37,7 +37,7 @@ def test_train_state_gives_its_variables_and_prefers_the_average(tmp_path):
 
 
 def test_inference_restores_the_newest_checkpoint_and_honours_use_ema(tmp_path):
-    from stemseg_jax.inference.run import restore_variables
+    from stemseg_jax.methods.stemseg import restore_variables
 
     _save(tmp_path / "checkpoints" / "3", {**_train_state(3), "ema_params": {"w": np.zeros(3, np.float32)}})
     _save(tmp_path / "checkpoints" / "12", _train_state(12))

@@ -8,6 +8,10 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from stemseg_jax.benchmarks.davis import select_tracks_davis, write_davis_outputs
+from stemseg_jax.benchmarks.kitti_mots import kitti_detections, select_tracks_kitti, write_kitti_outputs
+from stemseg_jax.benchmarks.masks import masks_to_original, resolve_overlaps
+from stemseg_jax.benchmarks.ytvis import select_tracks_ytvis
 from stemseg_jax.evaluation.writers import write_ytvis_results
 from stemseg_jax.inference import (
     TrackChainer,
@@ -15,16 +19,9 @@ from stemseg_jax.inference import (
     cluster_clip,
     cluster_clip_per_class,
     collapse_repeated_frames,
-    kitti_detections,
-    masks_to_original,
-    resolve_overlaps,
-    select_tracks_davis,
-    select_tracks_kitti,
-    select_tracks_ytvis,
-    write_davis_outputs,
-    write_kitti_outputs,
 )
 from stemseg_jax.inference.linking import _iou_matrix
+from stemseg_jax.results import linked_from_label_maps, track_class_scores
 
 OFFICIAL = dict(min_seediness=0.8, primary_threshold=0.5, secondary_threshold=0.3)
 
@@ -418,7 +415,7 @@ def test_davis_ranking_by_lifetime_ties_and_painting_order():
 
 def test_davis_later_rank_overwrites(monkeypatch):
     """Where full-resolution masks overlap, the later-ranked (shorter-lived) track is painted last."""
-    import stemseg_jax.inference.tracks as tracks
+    import stemseg_jax.benchmarks.masks as tracks
 
     def covering(masks, **_):
         return np.ones((len(masks), 8, 8), bool)
@@ -442,14 +439,15 @@ def test_ytvis_scores_categories_and_selection():
     logits[:, :4, :4, 3] = 2.0  # track 0 -> class 3
     logits[:, 4:, 4:, 1] = 1.0  # track 1 -> class 1, except frame 1 where class 4 is stronger per pixel
     logits[1, 4:, 4:, 4] = 1.5
-    entries = select_tracks_ytvis(linked, logits, video_id=7, **IDENTITY)
+    scores = track_class_scores(linked, logits, "mean_logits", 5)
+    entries = select_tracks_ytvis(linked, scores, video_id=7, **IDENTITY)
     assert [e["category_id"] for e in entries] == [3, 1]  # track 1: 16*1 + 8*1 vs 8*1.5 -> class 1
     assert [e["score"] for e in entries] == [1.0, pytest.approx(24 / 48)]
     assert all(e["video_id"] == 7 and len(e["segmentations"]) == 3 for e in entries)
     np.testing.assert_array_equal(decode(entries[1]["segmentations"][1]), maps[1] == 1)
     assert not decode(entries[1]["segmentations"][2]).any()  # empty frames still get an RLE
-    assert len(select_tracks_ytvis(linked, logits, video_id=7, **IDENTITY, max_tracks=1)) == 1
-    assert select_tracks_ytvis(linked_from_maps(np.full((2, 8, 8), -1)), logits[:2], video_id=1, **IDENTITY) == []
+    assert len(select_tracks_ytvis(linked, scores, video_id=7, **IDENTITY, max_tracks=1)) == 1
+    assert select_tracks_ytvis(linked_from_maps(np.full((2, 8, 8), -1)), {}, video_id=1, **IDENTITY) == []
 
 
 def test_kitti_selection_votes_and_ids():
@@ -464,13 +462,14 @@ def test_kitti_selection_votes_and_ids():
     classes[0, 4:8, 0:4] = 1  # track 1: 16 car, 16 pedestrian, 32 background in frame 0, 32 bg in frame 1 -> tie
     classes[0, 4:8, 4:8] = 2
     classes[:, 0, 4] = 2  # track 2: pedestrian
-    selection = select_tracks_kitti(linked, classes)
+    selection = select_tracks_kitti(linked, track_class_scores(linked, classes, "pixel_votes", 3))
     assert selection.track_ids == [1, 0, 2]  # by pixel count [1, 0, 2], then lifetime ascending (stable)
     assert selection.class_ids == [1, 2, 2]
-    top2 = select_tracks_kitti(linked, classes, max_tracks=2)
+    top2 = select_tracks_kitti(linked, track_class_scores(linked, classes, "pixel_votes", 3), max_tracks=2)
     assert top2.track_ids == [1, 0] and top2.class_ids == [1, 2]  # the dropped track's votes go nowhere
     classes[:, 0, 4] = 0
-    assert select_tracks_kitti(linked, classes).class_ids == [1, 2, 1]  # no votes at all -> car
+    votes = track_class_scores(linked, classes, "pixel_votes", 3)
+    assert select_tracks_kitti(linked, votes).class_ids == [1, 2, 1]  # no votes at all -> car
     dets = list(kitti_detections(linked, selection, **IDENTITY))
     assert [(f, i, c) for f, i, c, _ in dets] == [(0, 1, 1), (0, 2, 2), (0, 3, 2), (1, 1, 1), (1, 2, 2),
                                                   (2, 2, 2), (2, 3, 2)]
@@ -488,7 +487,7 @@ def test_overlap_rules():
     # kitti_detections uses the linked ids (latest) or the lifetime rank; both keep masks disjoint.
     maps = blob_frames([[(0, 0, 4, 0, 4), (1, 4, 8, 4, 8)]] * 2)
     linked = linked_from_maps(maps)
-    selection = select_tracks_kitti(linked, np.ones((2, 8, 8), np.int64))
+    selection = select_tracks_kitti(linked, track_class_scores(linked, np.ones((2, 8, 8), np.int64), "pixel_votes", 3))
     for rule in ("latest_track", "longest_lifetime"):
         dets = list(kitti_detections(linked, selection, scale=4, resized_hw=(32, 32), original_hw=(20, 20),
                                      overlap=rule))
@@ -501,15 +500,35 @@ def test_outputs_feed_the_evaluation_writers(tmp_path):
     linked = linked_from_maps(maps)
     paths = write_davis_outputs(str(tmp_path / "davis"), "seq", ["00000", "00001"], linked, **IDENTITY)
     np.testing.assert_array_equal(np.asarray(Image.open(paths[1])), np.where(maps[1] >= 0, maps[1] + 1, 0))
-    entries = select_tracks_ytvis(linked, np.zeros((2, 8, 8, 3), np.float32), video_id=1, **IDENTITY)
+    entries = select_tracks_ytvis(linked, track_class_scores(linked, np.zeros((2, 8, 8, 3)), "mean_logits", 3),
+                                  video_id=1, **IDENTITY)
     json_path, _ = write_ytvis_results(str(tmp_path / "ytvis"), entries)
     with open(json_path) as fh:
         assert [e["score"] for e in json.load(fh)] == [1.0, 1.0]
-    path = write_kitti_outputs(str(tmp_path / "kitti"), 3, linked, np.ones((2, 8, 8), np.int64), **IDENTITY)
+    cars = track_class_scores(linked, np.ones((2, 8, 8), np.int64), "pixel_votes", 3)
+    path = write_kitti_outputs(str(tmp_path / "kitti"), 3, linked, cars, **IDENTITY)
     with open(path) as fh:
         lines = fh.read().splitlines()
     assert len(lines) == 4 and lines[0].startswith("0 1001 1 8 8 ")
-    empty = write_kitti_outputs(str(tmp_path / "kitti"), 4, linked_from_maps(np.full((2, 8, 8), -1)),
-                                np.ones((2, 8, 8), np.int64), **IDENTITY)
+    empty = write_kitti_outputs(str(tmp_path / "kitti"), 4, linked_from_maps(np.full((2, 8, 8), -1)), {}, **IDENTITY)
     with open(empty) as fh:
         assert fh.read() == ""
+
+
+def test_linked_from_label_maps_equals_one_chained_clip_and_class_scores_accumulate():
+    maps = blob_frames([[(0, 0, 4, 0, 4), (1, 4, 8, 4, 8)], [(1, 4, 8, 4, 8)], [(2, 0, 2, 6, 8)]])
+    ours, chained = linked_from_label_maps(maps), linked_from_maps(maps)
+    np.testing.assert_array_equal(ours.label_maps, chained.label_maps)
+    assert (ours.pixel_counts, ours.first_frame, ours.last_frame, ours.order) == (
+        chained.pixel_counts, chained.first_frame, chained.last_frame, chained.order)
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(3, 8, 8, 4)).astype(np.float16)
+    scores = track_class_scores(ours, logits, "mean_logits", 4)
+    for k in ours.order:  # float64 means of the float16 logits over the track's pixels
+        np.testing.assert_allclose(scores[k], logits[maps == k].astype(np.float64).mean(0), rtol=1e-12)
+    classes = rng.integers(0, 3, size=(3, 8, 8))
+    votes = track_class_scores(ours, classes, "pixel_votes", 3)
+    for k in ours.order:
+        np.testing.assert_array_equal(votes[k], np.bincount(classes[maps == k], minlength=3))
+    with pytest.raises(ValueError, match="class mode"):
+        track_class_scores(ours, classes, "majority", 3)

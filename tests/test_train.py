@@ -222,8 +222,8 @@ def test_init_checkpoint_loads_a_previous_run(kitti_data, tmp_path):
 
 def test_loss_fn_target_rules(monkeypatch):
     """``loss.target_rule`` reaches the targets: "area" adds soft semantic targets, a typo names the field."""
-    from stemseg_jax.model import init_variables
-    from stemseg_jax.train import trainer
+    from stemseg_jax.losses import objective
+    from stemseg_jax.model import build_model, init_variables
 
     seen = []
 
@@ -232,7 +232,7 @@ def test_loss_fn_target_rules(monkeypatch):
         seen.append((args[2], sorted(out)))
         return out
 
-    monkeypatch.setattr(trainer, "prepare_targets", recording_prepare_targets)
+    monkeypatch.setattr(objective, "prepare_targets", recording_prepare_targets)
 
     config = load_config("kitti", "tiny")
     config.data.num_frames = 2
@@ -248,10 +248,10 @@ def test_loss_fn_target_rules(monkeypatch):
     constants = {k: v for k, v in variables.items() if k != "params"}
     for rule in ("official", "area"):
         config.loss.target_rule = rule
-        total, terms = jax.eval_shape(trainer.make_loss_fn(config), params, constants, batch)
+        total, terms = jax.eval_shape(objective.make_loss_fn(config, build_model(config)), params, constants, batch)
         assert total.shape == () and terms["foreground"].shape == ()
     assert [rule for rule, _ in seen] == ["official", "area"]
     assert "class_fractions" in seen[1][1] and "class_fractions" not in seen[0][1]
     config.loss.target_rule = "and"
     with pytest.raises(ValueError, match="config.loss.target_rule"):
-        trainer.make_loss_fn(config)
+        objective.make_loss_fn(config, build_model(config))

@@ -56,10 +56,10 @@ def bench_config(config, label: str, args) -> list[tuple]:
     rows = [(label, "forward", _time(lambda: fwd(variables, batch["images"]), args.repeats), _flops(fwd))]
     if args.no_train_step:
         return rows
-    from stemseg_jax.train.trainer import make_loss_fn
+    from stemseg_jax.losses.objective import make_loss_fn
 
     constants = {k: v for k, v in variables.items() if k != "params"}
-    grad = jax.value_and_grad(make_loss_fn(config), has_aux=True)
+    grad = jax.value_and_grad(make_loss_fn(config, model), has_aux=True)
     step = jax.jit(grad).lower(variables["params"], constants, batch).compile()
     t_step = _time(lambda: step(variables["params"], constants, batch), args.repeats)
     rows.append((label, "train step", t_step, _flops(step)))

@@ -1,4 +1,5 @@
-"""Inference post-processing: clip schedule, per-clip clustering, linking and per-benchmark outputs (spec §6)."""
+"""STEm-Seg inference (spec §6): clip schedule, per-clip clustering, linking, and the streaming
+``VideoSegmenter``. What happens to its tracks per benchmark lives in ``stemseg_jax.benchmarks``."""
 
 from stemseg_jax.inference.clustering import (
     cluster_clip,
@@ -7,22 +8,11 @@ from stemseg_jax.inference.clustering import (
     free_dim_bandwidths,
 )
 from stemseg_jax.inference.forward import forward_clip
-from stemseg_jax.inference.linking import LinkedTracks, TrackChainer
+from stemseg_jax.inference.linking import TrackChainer
 from stemseg_jax.inference.schedule import clip_schedule, collapse_repeated_frames
-from stemseg_jax.inference.tracks import (
-    KittiTracks,
-    kitti_detections,
-    masks_to_original,
-    resolve_overlaps,
-    select_tracks_davis,
-    select_tracks_kitti,
-    select_tracks_ytvis,
-    write_davis_outputs,
-    write_kitti_outputs,
-)
+from stemseg_jax.results import LinkedTracks
 
 __all__ = [
-    "KittiTracks",
     "LinkedTracks",
     "TrackChainer",
     "clip_schedule",
@@ -32,12 +22,4 @@ __all__ = [
     "collapse_repeated_frames",
     "forward_clip",
     "free_dim_bandwidths",
-    "kitti_detections",
-    "masks_to_original",
-    "resolve_overlaps",
-    "select_tracks_davis",
-    "select_tracks_kitti",
-    "select_tracks_ytvis",
-    "write_davis_outputs",
-    "write_kitti_outputs",
 ]

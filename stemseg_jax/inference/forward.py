@@ -11,6 +11,7 @@ import ml_collections
 import numpy as np
 
 from stemseg_jax.model import build_model
+from stemseg_jax.model.outputs import bandwidths
 from stemseg_jax.preprocessing import SIZE_DIVISIBILITY
 
 
@@ -25,8 +26,7 @@ def _compiled_forward(model_json: str):
         out = model.apply(variables, clip)
         return {
             "embeddings": out["embeddings"][0],
-            # the head predicts log-bandwidths; bandwidth = exp(v) * 10 is a precision (spec §3.3)
-            "bandwidths": jnp.exp(out["bandwidth_logits"][0]) * 10.0,
+            "bandwidths": bandwidths(out["bandwidth_logits"][0], jnp),
             "seediness": out["seediness"][0],
             "semseg_logits": None if out["semseg_logits"] is None else out["semseg_logits"][0],
         }

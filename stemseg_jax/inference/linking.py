@@ -22,38 +22,10 @@ order of creation, so "larger id" means "created later", as with the official id
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import scipy.optimize
 
-
-@dataclasses.dataclass
-class LinkedTracks:
-    """The linked result of a whole video.
-
-    Attributes:
-      label_maps: ``[T, h, w] int32`` track id per pixel, -1 for none.
-      pixel_counts: track id -> number of pixels over the video (at the clustering resolution).
-      first_frame, last_frame: track id -> first / last frame in which it has pixels.
-      order: track ids in order of first appearance (by frame, then by id), the tie-break order of the
-        official rankings (its dicts are filled in this order and Python's sort is stable).
-    """
-
-    label_maps: np.ndarray
-    pixel_counts: dict[int, int]
-    first_frame: dict[int, int]
-    last_frame: dict[int, int]
-    order: list[int]
-
-    @property
-    def lifetimes(self) -> dict[int, int]:
-        """track id -> last frame - first frame (not + 1, as official)."""
-        return {k: self.last_frame[k] - self.first_frame[k] for k in self.order}
-
-    @property
-    def num_frames(self) -> int:
-        return int(self.label_maps.shape[0])
+from stemseg_jax.results import LinkedTracks
 
 
 def _iou_matrix(existing: np.ndarray, new: np.ndarray, existing_ids: np.ndarray, new_ids: np.ndarray) -> np.ndarray:
@@ -152,6 +124,12 @@ class TrackChainer:
             self._write_frame(frames[j], lut[np.maximum(labels[j], -1) + lut_offset])
         self._previous_clip = frames
         return mapping
+
+    def frame_labels(self, t: int) -> np.ndarray:
+        """``[h, w]`` track ids of frame ``t``: final once a clip containing it has been added."""
+        if self._frames[t] is None:
+            raise ValueError(f"frame {t} has not been covered by a clip yet")
+        return self._frames[t]
 
     def _write_frame(self, t: int, frame_labels: np.ndarray) -> None:
         self._frames[t] = frame_labels.astype(np.int32)

@@ -8,7 +8,6 @@ only per-frame track label maps and class summaries at 1/4 resolution are kept.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 
 import jax
@@ -16,26 +15,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from stemseg_jax.inference.clustering import cluster_clip, cluster_clip_per_class, clustering_options
-from stemseg_jax.inference.linking import LinkedTracks, TrackChainer
+from stemseg_jax.inference.linking import TrackChainer
 from stemseg_jax.inference.schedule import clip_schedule, collapse_repeated_frames
 from stemseg_jax.model import build_model
+from stemseg_jax.model.outputs import bandwidths, foreground_mask
 from stemseg_jax.preprocessing import compute_resize_dims, pad_image, padded_dims, resize_image
-
-
-@dataclasses.dataclass
-class VideoResult:
-    """Linked tracks of one video plus what the benchmark outputs need.
-
-    ``class_info[t]``: ``None`` (no semantic head), the argmax class map ``[h, w] uint8`` (KITTI) or the
-    averaged class logits ``[h, w, C] float16`` (YouTube-VIS), at the label maps' resolution.
-    """
-
-    linked: LinkedTracks
-    class_info: list
-    scale: int  # label maps are at 1/scale of the padded network input
-    resized_hw: tuple[int, int]
-    original_hw: tuple[int, int]
-    timings: dict
+from stemseg_jax.results import TrackClassAccumulator, VideoResult
 
 
 def inference_dims(config) -> tuple[int, int]:
@@ -44,9 +29,14 @@ def inference_dims(config) -> tuple[int, int]:
 
 
 class VideoSegmenter:
-    """Runs a trained network over whole videos. ``variables`` hold ``params``, ``frozen_bn``, ``buffers``."""
+    """STEm-Seg over whole videos. ``variables`` hold ``params``, ``frozen_bn``, ``buffers``.
 
-    def __init__(self, config, variables: dict):
+    ``class_mode`` (``results.CLASS_MODES``) is how the semantic head's per-pixel classes become per-track
+    class scores; by default the one ``config.inference.benchmark`` asks for. Without a semantic head
+    the result has no class scores.
+    """
+
+    def __init__(self, config, variables: dict, class_mode: str | None = "auto"):
         self.config = config
         self.variables = variables
         model = build_model(config)
@@ -60,18 +50,18 @@ class VideoSegmenter:
         self._cluster = lambda e, b, s, fg: cluster_clip(
             e, b, s, fg, self.free_dim_bandwidths, compact=True, **self.cluster_options
         )
-        self.class_mode = self._class_mode()
+        if not config.model.use_semseg_head:
+            class_mode = None
+        elif class_mode == "auto":
+            from stemseg_jax.benchmarks import get_benchmark
+
+            class_mode = get_benchmark(config.inference.benchmark).class_mode
+        self.class_mode = class_mode
         self.cluster_per_class = bool(config.inference.cluster_per_class)
         if self.cluster_per_class and not (config.model.use_semseg_head and config.model.num_classes > 1):
             raise ValueError(
                 "config.inference.cluster_per_class needs the semantic head's classes: model.use_semseg_head is "
                 f"{config.model.use_semseg_head}, model.num_classes is {config.model.num_classes}")
-
-    def _class_mode(self) -> str | None:
-        m = self.config.model
-        if not m.use_semseg_head:
-            return None
-        return "logits" if self.config.inference.benchmark == "ytvis" else "argmax"
 
     def _frame_features(self, frame_bgr: np.ndarray, resized_hw, padded_hw):
         image = pad_image(resize_image(frame_bgr, *resized_hw), *padded_hw)
@@ -101,7 +91,7 @@ class VideoSegmenter:
         seed_sum: dict[int, np.ndarray] = {}
         pending = []  # (clip index, unique frames, embeddings, bandwidths, seediness)
         chainer = TrackChainer(num_frames)
-        class_info: list = [None] * num_frames
+        track_classes = TrackClassAccumulator(self.class_mode, cfg.model.num_classes) if self.class_mode else None
         for i, clip in enumerate(clips):
             t0 = time.perf_counter()
             for f in dict.fromkeys(clip):
@@ -114,7 +104,7 @@ class VideoSegmenter:
             out = self._heads(self.variables, stacked)
             unique, positions = collapse_repeated_frames(clip)
             emb = out["embeddings"][0, positions]
-            bw = jnp.exp(out["bandwidth_logits"][0, positions]) * 10.0
+            bw = bandwidths(out["bandwidth_logits"][0, positions], jnp)
             seed = out["seediness"][0, positions]
             if resize_up:
                 emb, bw, seed = (_upsample_space4(x) for x in (emb, bw, seed))
@@ -159,32 +149,33 @@ class VideoSegmenter:
                 timings["linking"] += time.perf_counter() - t0
             still_needed = {f for p in pending for f in p[1]}
             for f in [f for f in sem_count if last_use[f] <= i and f not in still_needed]:
-                class_info[f] = self._class_summary(f, sem_sum, sem_count)
+                if track_classes is not None:  # the frame's track ids are final once all its clips are linked
+                    track_classes.add_frame(chainer.frame_labels(f), self._class_summary(f, sem_sum, sem_count))
                 sem_sum.pop(f, None)
                 seed_sum.pop(f, None)
                 sem_count.pop(f, None)
         t0 = time.perf_counter()
         linked = chainer.result()
         timings["linking"] += time.perf_counter() - t0
-        return VideoResult(linked, class_info, scale, resized_hw, original_hw, timings)
+        scores = None if track_classes is None else track_classes.result()
+        return VideoResult(linked, scores, scale, resized_hw, original_hw, timings)
 
     def _foreground(self, f, sem_sum, seed_sum, sem_count) -> np.ndarray:
-        if f in sem_sum and self.config.model.foreground_channel:
-            mean_fg_logit = sem_sum[f][..., -1] / sem_count[f]
-            return mean_fg_logit > 0.0  # sigmoid(x) > 0.5
-        return seed_sum[f] / sem_count[f] > self.config.inference.seediness_fg_threshold
+        n = sem_count[f]
+        return foreground_mask(sem_sum[f] / n if f in sem_sum else None, seed_sum[f] / n if f in seed_sum else None,
+                               self.config.model, self.config.inference.seediness_fg_threshold)
 
     def _object_class(self, f, sem_sum) -> np.ndarray:
         """``[h, w]`` the most likely object class (1..C-1) of each pixel, background left out: the foreground
         decision is made elsewhere (the foreground channel), and every foreground pixel needs an object class."""
         return 1 + np.argmax(sem_sum[f][..., 1:self.config.model.num_classes], axis=-1)
 
-    def _class_summary(self, f, sem_sum, sem_count):
-        if self.class_mode is None or f not in sem_sum:
-            return None
+    def _class_summary(self, f, sem_sum, sem_count) -> np.ndarray:
+        """The frame's class information in ``class_mode``: the argmax class map for pixel votes, else the
+        mean class logits (float16, as the official code keeps them)."""
         num_classes = self.config.model.num_classes
         mean = sem_sum[f][..., :num_classes] / sem_count[f]
-        if self.class_mode == "argmax":
+        if self.class_mode == "pixel_votes":
             return np.argmax(mean, axis=-1).astype(np.uint8)
         return mean.astype(np.float16)
 

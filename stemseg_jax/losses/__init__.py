@@ -13,13 +13,12 @@ import jax.numpy as jnp
 import ml_collections
 
 from stemseg_jax.config import embedding_dims
-from stemseg_jax.losses.embedding import BANDWIDTH_SCALE, clip_embedding_losses, embedding_losses
+from stemseg_jax.losses.embedding import clip_embedding_losses, embedding_losses
 from stemseg_jax.losses.lovasz import lovasz_hinge_flat
 from stemseg_jax.losses.semantic import foreground_bce, semseg_cross_entropy, semseg_target
 from stemseg_jax.losses.targets import TARGET_RULES, block_fractions, downsample_masks, prepare_targets
 
 __all__ = [
-    "BANDWIDTH_SCALE",
     "TARGET_RULES",
     "block_fractions",
     "clip_embedding_losses",

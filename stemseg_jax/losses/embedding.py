@@ -12,8 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from stemseg_jax.losses.lovasz import lovasz_hinge_flat
-
-BANDWIDTH_SCALE = 10.0  # bandwidth (a precision) = exp(v) * 10, spec §3.3
+from stemseg_jax.model.outputs import bandwidths
 
 
 def _safe_divide(numerator: jax.Array, denominator: jax.Array) -> jax.Array:
@@ -89,7 +88,7 @@ def clip_embedding_losses(
     valid_f = jnp.any(m_bool, axis=1).astype(dtype)
     n = jnp.sum(valid_f)
 
-    probs, counts = instance_probabilities(e, jnp.exp(v) * BANDWIDTH_SCALE, m, free_dim_bandwidths)
+    probs, counts = instance_probabilities(e, bandwidths(v, jnp), m, free_dim_bandwidths)
     inv_counts = _safe_divide(1.0, counts)
 
     per_instance_lovasz = jax.vmap(lovasz_hinge_flat)(2.0 * probs - 1.0, m)

@@ -2,42 +2,24 @@
 
 from __future__ import annotations
 
-import functools
-
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from stemseg_jax.inference.clustering import cluster_clip, clustering_options, free_dim_bandwidths
-from stemseg_jax.model import build_model
+from stemseg_jax.model.outputs import bandwidths, foreground_mask
 
 PALETTE = np.random.default_rng(3).integers(64, 256, size=(256, 3)).astype(np.uint8)
 
 
-@functools.lru_cache(maxsize=4)
-def _forward(config_json: str):
-    import ml_collections
+def clip_summary_images(config, apply_fn, state: dict, images: np.ndarray) -> dict[str, np.ndarray]:
+    """``images [1,T,H,W,3]`` uint8 BGR -> ``{"frame", "seediness", "instances"}`` RGB uint8 ``[h, w, 3]``.
 
-    config = ml_collections.ConfigDict(__import__("json").loads(config_json))
-    model = build_model(config)
-    return jax.jit(model.apply)
-
-
-def foreground_mask(config, outputs: dict) -> jax.Array:
-    """``[B,T,h,w]`` foreground: sigmoid(fg logit) > 0.5 with a semantic head, else seediness > threshold (§6.3)."""
-    if outputs.get("semseg_logits") is not None and config.model.foreground_channel:
-        return jax.nn.sigmoid(outputs["semseg_logits"][..., -1]) > 0.5
-    return outputs["seediness"] > config.inference.seediness_fg_threshold
-
-
-def clip_summary_images(config, state: dict, images: np.ndarray) -> dict[str, np.ndarray]:
-    """``images [1,T,H,W,3]`` uint8 BGR -> ``{"frame", "seediness", "instances"}`` RGB uint8 ``[h, w, 3]``."""
-    apply = _forward(config.to_json())
-    outputs = apply({"params": state["params"], **state["constants"]}, jnp.asarray(images))
-    fg = foreground_mask(config, outputs)
-    bandwidths = jnp.exp(outputs["bandwidth_logits"]) * 10.0
+    ``apply_fn`` is the model's (jitted) ``apply``."""
+    outputs = apply_fn({"params": state["params"], **state["constants"]}, jnp.asarray(images))
+    fg = foreground_mask(outputs["semseg_logits"], outputs["seediness"], config.model,
+                         config.inference.seediness_fg_threshold)
     labels = cluster_clip(
-        outputs["embeddings"][0], bandwidths[0], outputs["seediness"][0], fg[0],
+        outputs["embeddings"][0], bandwidths(outputs["bandwidth_logits"][0], jnp), outputs["seediness"][0], fg[0],
         free_dim_bandwidths(config), **clustering_options(config),
     )
     t = images.shape[1] // 2

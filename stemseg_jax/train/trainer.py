@@ -25,7 +25,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from stemseg_jax.checkpoints import restore_model_variables
-from stemseg_jax.losses import TARGET_RULES, prepare_targets, stemseg_loss
+from stemseg_jax.losses.objective import make_loss_fn
 from stemseg_jax.model import build_model, trainable_mask
 from stemseg_jax.train.optim import build_optimizer, learning_rate_schedule
 
@@ -39,15 +39,23 @@ def make_mesh(devices=None) -> Mesh:
     return Mesh(devices.reshape(-1), ("data",))
 
 
-def init_state(config: ml_collections.ConfigDict, images: np.ndarray, key: jax.Array) -> dict:
+def make_optimizer(config: ml_collections.ConfigDict, params) -> optax.GradientTransformation:
+    """The optimizer of ``config.train`` over ``params`` (real or abstract arrays: only the tree's names are
+    read, to freeze what ``model.trainable_mask`` freezes)."""
+    return build_optimizer(config.train, trainable_mask(params, config))
+
+
+def init_state(config: ml_collections.ConfigDict, images: np.ndarray, key: jax.Array, *, model=None,
+               optimizer: optax.GradientTransformation | None = None) -> dict:
     """Creates the train state ``{step, params, opt_state, constants}`` for clips shaped like ``images``.
 
     ``constants`` holds the non-trained collections (``frozen_bn``, ``buffers``). Without an
     initial checkpoint the frozen BatchNorm statistics are calibrated on ``images`` (see
     ``FrozenBatchNorm``); with ``train.init_checkpoint`` the variables found there replace the fresh ones.
+    ``model`` and ``optimizer`` default to the ones ``config`` describes.
     """
     images = jnp.asarray(images[:1])
-    model = build_model(config)
+    model = model or build_model(config)
     variables = jax.jit(model.init)(key, images)
     if config.train.init_checkpoint:
         variables = _merge_init_checkpoint(
@@ -58,7 +66,7 @@ def init_state(config: ml_collections.ConfigDict, images: np.ndarray, key: jax.A
         _, updated = jax.jit(lambda v, x: calibrating.apply(v, x, mutable=["frozen_bn"]))(variables, images)
         variables = {**variables, **updated}
     params = variables["params"]
-    optimizer = build_optimizer(config.train, trainable_mask(params, config))
+    optimizer = optimizer or make_optimizer(config, params)
     constants = {k: v for k, v in variables.items() if k != "params"}
     step = jnp.zeros((), jnp.int32)
     state = {"step": step, "params": params, "opt_state": optimizer.init(params), "constants": constants}
@@ -88,34 +96,19 @@ def _merge_init_checkpoint(variables: dict, path: str, backbone_only: bool, use_
     return traverse_util.unflatten_dict(ours)
 
 
-def make_loss_fn(config: ml_collections.ConfigDict):
-    """``loss_fn(params, constants, batch) -> (total, terms)``: the network on ``batch["images"]``, the
-    targets brought to its output resolution, and the STEm-Seg loss. ``constants`` are the non-trained
-    collections (``frozen_bn``, ``buffers``). Shared by training, the smoke mode and the benchmarks."""
-    model = build_model(config)
-    if config.loss.target_rule not in TARGET_RULES:
-        raise ValueError(f"config.loss.target_rule must be one of {TARGET_RULES}, got {config.loss.target_rule!r}")
-
-    def loss_fn(params, constants, batch):
-        outputs = model.apply({"params": params, **constants}, batch["images"])
-        targets = prepare_targets(
-            batch, outputs["embeddings"].shape[2:4], config.loss.target_rule, config.model.num_classes
-        )
-        return stemseg_loss(outputs, targets, config)
-
-    return loss_fn
-
-
-def make_train_step(config: ml_collections.ConfigDict, mesh: Mesh):
+def make_train_step(config: ml_collections.ConfigDict, mesh: Mesh, *, model=None,
+                    optimizer: optax.GradientTransformation | None = None):
     """Returns ``step(state, batch) -> (state, metrics)``, jit-compiled over ``mesh``.
 
     ``batch`` arrays are ``[A, D, ...]``: A accumulation micro-batches of D clips, one per device.
+    ``model`` defaults to ``build_model(config)``, ``optimizer`` to ``make_optimizer`` over the state's
+    parameters (built once, when the step is traced); ``train`` passes the ones it built.
     """
     schedule = learning_rate_schedule(config.train)
-    loss_fn = make_loss_fn(config)
+    loss_fn = make_loss_fn(config, model or build_model(config))
 
     def step(state, batch):
-        optimizer = build_optimizer(config.train, trainable_mask(state["params"], config))
+        tx = optimizer or make_optimizer(config, state["params"])
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
         # An unrolled loop, not lax.scan: XLA:CPU runs the convolutions inside a while loop ~10x slower,
@@ -133,7 +126,7 @@ def make_train_step(config: ml_collections.ConfigDict, mesh: Mesh):
                 terms = jax.tree_util.tree_map(jnp.add, terms, micro_terms)
         grads = jax.tree_util.tree_map(lambda g: g / n, grads)
         terms = {k: v / n for k, v in terms.items()}
-        updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         metrics = {**terms, "lr": schedule(state["step"]), "grad_norm": optax.global_norm(grads)}
         new_state = {**state, "step": state["step"] + 1, "params": params, "opt_state": opt_state}
@@ -215,32 +208,44 @@ def train(
             shard_index=jax.process_index(), shard_count=jax.process_count(),
         )
     first = next(batches)
-    state = init_state(config, first["images"], jax.random.PRNGKey(int(config.seed)))
+    # One model and one optimizer for initialisation, the step and the summaries; the optimizer's frozen
+    # parameters are known from the parameter tree's names alone, so abstract shapes suffice.
+    model = build_model(config)
+    key = jax.random.PRNGKey(int(config.seed))
+    abstract_params = jax.eval_shape(model.init, key, jnp.asarray(first["images"][:1]))["params"]
+    optimizer = make_optimizer(config, abstract_params)
+    state = init_state(config, first["images"], key, model=model, optimizer=optimizer)
     if start:
         abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state)
         state = manager.restore(start, args=ocp.args.StandardRestore(abstract))
         log.info("resumed from %s at step %d", manager.directory, start)
     replicated = NamedSharding(mesh, P())
     state = jax.device_put(state, replicated)
-    train_step = make_train_step(config, mesh)
+    train_step = make_train_step(config, mesh, model=model, optimizer=optimizer)
     end = num_steps if stop_after is None else min(num_steps, start + stop_after)
-    logger = TrainLogger(config, workdir, start=start, total=num_steps, enabled=progress and jax.process_index() == 0)
+    logger = TrainLogger(config, workdir, start=start, total=num_steps, enabled=progress and jax.process_index() == 0,
+                         model=model)
+    log_every = max(1, int(config.train.log_every))
+    summary_every = int(config.train.image_summary_every or 0)
     batch = first
     step = start
+    # Metrics stay on the device between logging steps, so the host never waits for a step it does not log
+    # and prepares the next batch while the device computes. They are checked (finite loss) before any
+    # checkpoint is written, so a non-finite state is never saved.
+    pending: list[tuple[int, dict, list[str]]] = []
+    t_logged = time.perf_counter()
     try:
         while step < end:
-            t0 = time.perf_counter()
             state, metrics = train_step(state, shard_batch(batch, mesh))
-            metrics = jax.device_get(metrics)
             step += 1
-            if not math.isfinite(float(metrics["loss"])):
-                ids = [str(c) for c in np.asarray(batch.get("clip_ids", []))]
-                raise FloatingPointError(
-                    f"non-finite loss {float(metrics['loss'])} at step {step} "
-                    f"(terms: { {k: float(v) for k, v in metrics.items()} }); clips of this batch: {ids}"
-                )
-            logger.log_step(step, metrics, time.perf_counter() - t0)
-            if config.train.image_summary_every and step % int(config.train.image_summary_every) == 0:
+            pending.append((step, metrics, [str(c) for c in np.asarray(batch.get("clip_ids", []))]))
+            saving = manager.should_save(step) or step == end
+            if step % log_every == 0 or step == start + 1 or saving or (summary_every and step % summary_every == 0):
+                host = _check_finite(jax.device_get(pending))
+                seconds = (time.perf_counter() - t_logged) / len(pending)
+                logger.log_step(step, host, seconds, steps=len(pending))
+                pending, t_logged = [], time.perf_counter()
+            if summary_every and step % summary_every == 0:
                 logger.log_images(step, state, batch)
             manager.save(step, args=ocp.args.StandardSave(state), force=step == end)
             if step < end:
@@ -251,3 +256,15 @@ def train(
         if hasattr(batches, "close"):
             batches.close()
     return jax.device_get(state)
+
+
+def _check_finite(pending: list[tuple[int, dict, list[str]]]) -> dict:
+    """The last step's host metrics, after checking every pending step's loss in order: the first
+    non-finite one raises with its step and the clips of its batch."""
+    for step, metrics, clip_ids in pending:
+        if not math.isfinite(float(metrics["loss"])):
+            raise FloatingPointError(
+                f"non-finite loss {float(metrics['loss'])} at step {step} "
+                f"(terms: { {k: float(v) for k, v in metrics.items()} }); clips of this batch: {clip_ids}"
+            )
+    return pending[-1][1]
