@@ -3,7 +3,8 @@
 Never imports the model: everything works on files and NumPy arrays.
 
 Entry points: ``evaluate_davis``, ``evaluate_ytvis``, ``evaluate_kitti_mots`` (``davis`` / ``ytvis`` /
-``kitti_mots`` modules), ``format_table(result)``, the writers in ``writers`` and the checkers in ``check``.
+``kitti_mots`` modules, each with its ``format_table(result)``), the writers in ``writers`` and the checkers in
+``check``. The benchmark rules that use them (``stemseg_jax.benchmarks``) are built on top.
 """
 
 from stemseg_jax.evaluation.davis import evaluate_davis
@@ -18,17 +19,8 @@ from stemseg_jax.evaluation.writers import (
 )
 from stemseg_jax.evaluation.ytvis import evaluate_ytvis
 
-
-def format_table(result: dict) -> str:
-    """The official-style table of any ``evaluate_*`` result (dispatch on ``result["benchmark"]``)."""
-    from stemseg_jax.evaluation import davis, kitti_mots, ytvis
-
-    modules = {"davis": davis, "ytvis": ytvis, "kitti_mots": kitti_mots}
-    return modules[result["benchmark"]].format_table(result)
-
-
 __all__ = [
-    "evaluate_davis", "evaluate_kitti_mots", "evaluate_ytvis", "format_table", "kitti_mots_postprocess",
+    "evaluate_davis", "evaluate_kitti_mots", "evaluate_ytvis", "kitti_mots_postprocess",
     "postprocess_kitti_mots_dir", "write_davis_sequence", "write_kitti_mots_sequence", "write_ytvis_results",
     "ytvis_entry",
 ]

@@ -125,7 +125,7 @@ def check_kitti_mots(gt_root: str, results_dir: str, sequences=None, seqmap: str
     lengths = kitti_mots.sequence_lengths(gt_root, sequences, seqmap)
     for seq, last in lengths.items():
         path = os.path.join(results_dir, f"{seq}.txt")
-        img_dir = kitti_mots._image_dir(gt_root, seq)
+        img_dir = kitti_mots.image_dir(gt_root, seq)
         sizes = None
         if img_dir is not None:
             first = sorted(os.listdir(img_dir))[0]

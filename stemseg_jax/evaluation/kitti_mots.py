@@ -89,7 +89,7 @@ def read_seqmap(path: str) -> dict[str, int]:
     return out
 
 
-def _image_dir(gt_root: str, seq: str) -> str | None:
+def image_dir(gt_root: str, seq: str) -> str | None:
     """``image_02/<seq>`` or ``training/image_02/<seq>`` (the KITTI layout) if present."""
     for sub in ("image_02", os.path.join("training", "image_02")):
         path = os.path.join(gt_root, sub, seq)
@@ -125,7 +125,7 @@ def sequence_lengths(gt_root: str, sequences=None, seqmap: str | None = None) ->
             raise FileNotFoundError(f"no KITTI-MOTS GT files (<seq>.txt) in {gt_dir}")
     out = {}
     for s in sequences:
-        img_dir = _image_dir(gt_root, s)
+        img_dir = image_dir(gt_root, s)
         if img_dir is not None:
             out[s] = len([n for n in os.listdir(img_dir) if n.lower().endswith((".png", ".jpg"))]) - 1
         else:
