@@ -62,26 +62,21 @@ def get_config(arg=None):
         c = base.make_tiny(c)
         c.inference.min_dim, c.inference.max_dim = 96, 160
     if "demo" in variants:
-        # The synthetic data follows the spec's train/val sequence split, so no sequence lists are needed. The
-        # split has 12 train sequences; tools/demo.sh writes three more training sets of 12 beside them: more
-        # scenes for the same frame count (docs/BENCHMARKS.md, seventh session).
+        # The synthetic data follows the spec's sequence split (no lists needed); the extra training sets
+        # (tools/demo.sh) give more scenes for the same frame count (docs/BENCHMARKS.md, seventh session).
         c.data.datasets = dict(kitti_mots=base.dataset("kitti_mots", "$STEMSEG_DEMO_DATA", "train", 1.0))
         for seed in DEMO_MORE_TRAIN_SEEDS:
             c.data.datasets[f"kitti_mots_seed{seed}"] = base.dataset(
                 "kitti_mots", f"$STEMSEG_DEMO_DATA/more_train/seed_{seed}", "train", 1.0)
         c.data.val_dataset = base.dataset("kitti_mots", "$STEMSEG_DEMO_DATA", "val")
         base.apply_demo_training(c)
-        # Chosen on a held-out tuning split (seed 1, nine videos; not the reported val split): clustering at
-        # input resolution took car sMOTSA 0.617 -> 0.669 and pedestrian 0.527 -> 0.544 (fewer split
-        # clusters). On the DAVIS-format tuning split it lowered J&F (0.852 -> 0.807), so it is KITTI's only.
+        # Clustering at input resolution splits fewer objects on the KITTI tuning split (it lowered DAVIS J&F,
+        # so it is KITTI's only; docs/BENCHMARKS.md).
         c.inference.resize_embeddings = True
-        # The post-processing's minimum detection areas are pixel counts of KITTI's 375x1242 frames; the
-        # synthetic frames are 128x256, so the same share of the frame is 7 % of those counts.
+        # The post-processing's minimum areas are pixel counts of KITTI's 375x1242 frames: keep their share
+        # of the 128x256 synthetic frame.
         c.inference.kitti_min_area_scale = (128 * 256) / (375 * 1242)
-        # A third of the pedestrians the demo missed stood in front of a car and were clustered into its wider
-        # Gaussian. Clustering each class's pixels separately (docs/BENCHMARKS.md, seventh session), over 36
-        # synthetic val videos and three training seeds: pedestrian sMOTSA 0.654-0.680 -> 0.699-0.709, car
-        # 0.725-0.735 -> 0.741-0.743. Not in the real config: unmeasured on real KITTI-MOTS, and on the
-        # YouTube-VIS-format demo (more, easily confused classes) it lowered AP (0.629 -> 0.596).
+        # Pedestrians in front of a car were absorbed into its wider Gaussian; per-class clustering fixes that
+        # on the demo (docs/BENCHMARKS.md, seventh session) but is unmeasured on real KITTI-MOTS.
         c.inference.cluster_per_class = True
     return c

@@ -34,7 +34,7 @@ def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.name = "stemseg"
     c.seed = 42
-    c.mode = "train"  # overridden by --mode
+    c.method = "stemseg"  # the video segmenter of --mode evaluate / infer: a key of methods.METHODS
 
     # ---------------------------------------------------------------- model (spec §1-3)
     m = c.model = ml_collections.ConfigDict()
@@ -90,8 +90,7 @@ def base_config() -> ml_collections.ConfigDict:
     # coordinate grid's scale follows the shorter side (model/heads.py), so a window then sees objects at
     # the scale of whole-frame inference, for a fraction of the step's cost. Portrait clips stay whole.
     d.crop_width = 0
-    d.root = ""  # dataset base directory (see README)
-    # name -> dict(format=..., path=..., weight=..., ...). Filled by the dataset configs.
+    # name -> dict(format=..., root=..., split=..., weight=..., ...) (``dataset()``). Filled by the dataset configs.
     d.datasets = ml_collections.ConfigDict()
     d.val_dataset = ml_collections.ConfigDict()
     d.frame_gap = 8
@@ -206,43 +205,22 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
 
 
 def apply_demo_training(c: ml_collections.ConfigDict) -> None:
-    """Training settings of the ``demo`` variants (``tools/demo.sh``): a ``:tiny`` model trained from
-    scratch for minutes on synthetic data, not a Mask R-CNN backbone fine-tuned for days — so AdamW at
-    1e-3 instead of SGD at 1e-3 (``train.optimizer="sgd"`` with ``learning_rate=3e-2`` is the best SGD
-    setting we measured), decay to a tenth over the last third, and no frozen stages (a frozen stem and
-    stage 1 would stay at their random initialisation); the seed's recipe is otherwise unchanged."""
+    """Training settings of the ``demo`` variants (``tools/demo.sh``): a ``:tiny`` model trained from scratch
+    for minutes on synthetic data (measurements behind each setting: docs/BENCHMARKS.md)."""
     c.data.num_workers = 1
-    # Measured on the KITTI-MOTS-format demo at 1600 steps (docs/BENCHMARKS.md): training every stage at
-    # 2e-2 instead of freezing the stem and stage 1 at 1e-2 took car sMOTSA from 0.37 to 0.43-0.48 (two runs).
+    # From scratch: a frozen stem and stage 1 would stay at their random initialisation.
     c.model.freeze_at = 0
-    # The synthetic frames' native size (~128x256): at 96x160 objects are 4-6 px at the output stride,
-    # which capped MOTSP at ~0.72 in our runs.
+    # The synthetic frames' native size (~128x256); at 96x160 objects are 4-6 px at the output stride.
     c.data.min_dim, c.data.max_dim = 128, 256
     c.inference.min_dim, c.inference.max_dim = 128, 256
-    # The synthetic videos hold at most 4 objects (``synthetic.Knobs.max_objects``; DAVIS duplication makes
-    # 2 of 1): 4 slots lose nothing and halve the per-instance loss work (the Lovász sorts) of 8.
+    # The synthetic videos hold at most 4 objects (``synthetic.Knobs.max_objects``): more slots only cost loss work.
     c.data.max_instances = 4
-    # 15 minutes of training on the 2-core development machine of 2026-12-02 (an Intel Xeon with AVX-512:
-    # ~0.35 s per step of 2 clips with data loading and checkpoints; ~25 minutes on the AMD EPYC of the
-    # earlier rows of docs/BENCHMARKS.md). With the demo's larger synthetic training sets (tools/demo.sh) and
-    # the area targets below, the KITTI-MOTS-format demo reached car / pedestrian sMOTSA 0.775 / 0.675 (these
-    # settings) and 0.736 / 0.678 (second seed) — 0.775 / 0.698 and 0.720 / 0.711 with the KITTI demo's per-class
-    # clustering (configs/kitti.py) — the DAVIS-format one J&F 0.834, the YouTube-VIS one AP 0.629.
+    # About 15 minutes of training on the 2-core development machine, decaying over the last third.
     c.train.num_steps, c.train.decay_start = 2400, 1600
-    # Earlier, at 1350 steps on the smaller training sets (docs/BENCHMARKS.md, one run each unless noted):
-    # AdamW 1e-3 against the best SGD rate (3e-2 for KITTI, 2e-2 for DAVIS and YouTube-VIS): KITTI-MOTS-format
-    # car / pedestrian sMOTSA 0.619 / 0.596 (a second seed: 0.546 / 0.575; another clip order: 0.432 / 0.509)
-    # against 0.621 / 0.533 (0.576 / 0.453), DAVIS-format J&F 0.737 against 0.713, YouTube-VIS-format AP
-    # 0.375 against 0.238; on KITTI AdamW 2e-3 gave 0.563 / 0.434 and 5e-4 0.556 / 0.513. Single runs differ
-    # by up to ~0.15.
+    # From scratch, AdamW matched or beat the best SGD rate (3e-2 / 2e-2) on all three demo formats.
     c.train.optimizer = "adamw"
     c.train.learning_rate, c.train.final_learning_rate = 1e-3, 1e-4
-    # Targets that keep objects' size at the output stride (loss.target_rule, docs/BENCHMARKS.md, sixth session):
-    # the official AND rule shrinks every synthetic object by a pixel per side, which capped pedestrian
-    # MOTSP at ~0.8. Paired runs (same seed, data and steps), mean over 36 synthetic KITTI-MOTS val videos:
-    # car / pedestrian sMOTSA 0.671 / 0.568 -> 0.726 / 0.644 (seed 42) and 0.696 / 0.580 -> 0.735 / 0.669
-    # (seed 43); DAVIS-format J&F 0.834 (against 0.811 for 2500 steps with the official rule); YouTube-VIS-format
-    # AP 0.508 -> 0.629 (paired).
+    # The official AND rule shrinks every small synthetic object by a pixel per side (loss.target_rule).
     c.loss.target_rule = "area"
     c.train.checkpoint_every = 500
     c.train.log_every = 25

@@ -39,9 +39,10 @@ def compute_resize_dims(height: int, width: int, min_dim: int, max_dim: int) -> 
     return int(round(scale * height)), int(round(scale * width))
 
 
-def padded_dims(height: int, width: int, divisor: int = SIZE_DIVISIBILITY) -> tuple[int, int]:
-    """Smallest ``(H, W)`` >= ``(height, width)`` that are multiples of ``divisor``."""
-    return (int(math.ceil(height / divisor) * divisor), int(math.ceil(width / divisor) * divisor))
+def padded_dims(height: int, width: int) -> tuple[int, int]:
+    """Smallest ``(H, W)`` >= ``(height, width)`` that are multiples of ``SIZE_DIVISIBILITY``."""
+    d = SIZE_DIVISIBILITY
+    return (int(math.ceil(height / d) * d), int(math.ceil(width / d) * d))
 
 
 def resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -55,14 +56,6 @@ def resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
     return cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
-def resize_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Resizes a binary ``[H, W]`` mask: bilinear on the 0/1 float mask, then ``> 0.5`` (spec §7.3)."""
-    if mask.shape[:2] == (height, width):
-        return mask.astype(bool)
-    resized = cv2.resize(mask.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
-    return resized > 0.5
-
-
 def pad_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
     """Pads ``[H, W, 3]`` uint8 BGR at the bottom/right with ``PAD_VALUE_BGR`` to ``height x width``."""
     h, w = image.shape[:2]
@@ -72,13 +65,6 @@ def pad_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
     out[...] = np.asarray(PAD_VALUE_BGR, dtype=image.dtype)
     out[:h, :w] = image
     return out
-
-
-def pad_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Zero-pads the last two axes of ``[..., H, W]``: padding is background, not ignore (spec §1.4)."""
-    h, w = mask.shape[-2:]
-    pad = [(0, 0)] * (mask.ndim - 2) + [(0, height - h), (0, width - w)]
-    return np.pad(mask, pad)
 
 
 def preprocess_frames(frames_bgr: np.ndarray, min_dim: int, max_dim: int) -> tuple[np.ndarray, tuple[int, int]]:

@@ -542,3 +542,16 @@ def test_own_data_davis_layout_with_categories(tmp_path):
     io.write_json(os.path.join(root, "categories.json"), {"clip_001": {"1": 2}})
     with pytest.raises(ValueError, match="no category for instance 2 of sequence 'clip_001'"):
         load_dataset(entry, "data.datasets.mine")
+
+
+def test_dataset_options_come_from_the_entry_then_its_format_then_the_global_default():
+    from stemseg_jax.data.readers import OPTION_DEFAULTS, dataset_option
+
+    davis_entry = {"format": "davis", "root": "/x", "split": "val"}
+    assert dataset_option(davis_entry, "instance_duplication") is True
+    assert dataset_option(davis_entry, "background_as_ignore") is True
+    assert dataset_option({**davis_entry, "instance_duplication": False}, "instance_duplication") is False
+    assert dataset_option({"format": "kitti_mots"}, "split_on_empty_frames") is True
+    assert dataset_option({"format": "mapillary"}, "min_instance_area") == 30
+    assert dataset_option({"format": "coco"}, "min_instance_area") == OPTION_DEFAULTS["min_instance_area"] == 0
+    assert dataset_option({"format": "coco"}, "weight") == 1.0

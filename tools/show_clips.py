@@ -32,6 +32,7 @@ _NUM_BATCHES = flags.DEFINE_integer("num_batches", 2, "Batches to draw.")
 _START_STEP = flags.DEFINE_integer("start_step", 0, "First training step to show.")
 _SEED = flags.DEFINE_integer("seed", None, "Pipeline seed (default: config.seed).")
 _SCALE = flags.DEFINE_float("scale", 1.0, "Resize factor for the output images.")
+LABEL_WIDTH = 220  # px of the clip-id column of the sheet
 
 
 def instance_colours(n: int) -> np.ndarray:
@@ -68,8 +69,8 @@ def overlay_clip(images: np.ndarray, masks: np.ndarray, valid: np.ndarray, ignor
     return out
 
 
-def _label(text: str, height: int, width: int = 220) -> np.ndarray:
-    panel = np.full((height, width, 3), 255, np.uint8)
+def _label(text: str, height: int) -> np.ndarray:
+    panel = np.full((height, LABEL_WIDTH, 3), 255, np.uint8)
     for k, chunk in enumerate(text[i : i + 26] for i in range(0, len(text), 26)):
         cv2.putText(panel, chunk, (4, 16 + 16 * k), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
     return panel
@@ -89,7 +90,7 @@ def render(batches: list[dict[str, np.ndarray]], scale: float = 1.0) -> tuple[np
     width = max(f.shape[2] * f.shape[0] for _, f in clips)
     for cid, frames in clips:
         row = np.concatenate([_label(cid, frames.shape[1])] + list(frames), axis=1)
-        rows.append(np.pad(row, ((0, 4), (0, 220 + width - row.shape[1]), (0, 0)), constant_values=255))
+        rows.append(np.pad(row, ((0, 4), (0, LABEL_WIDTH + width - row.shape[1]), (0, 0)), constant_values=255))
     sheet = np.concatenate(rows, axis=0)
     # GIF: all clips side by side in a grid, one animation frame per clip frame.
     max_h = max(f.shape[1] for _, f in clips)

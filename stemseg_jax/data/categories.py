@@ -82,8 +82,8 @@ _MAPILLARY_TO_KITTI = {20: 2, 56: 1}
 _MAPILLARY_IGNORE = {21, 22, 23, 53, 55, 57, 58, 59, 60, 61, 62, 63}
 
 
-def _complete(sources, mapping: Mapping[int, int], default: int = DROP) -> dict[int, int]:
-    return {s: mapping.get(s, default) for s in sources}
+def _complete(sources, mapping: Mapping[int, int]) -> dict[int, int]:
+    return {s: mapping.get(s, DROP) for s in sources}
 
 
 NAMED_MAPS: dict[str, dict[int, int]] = {

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import zlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import cv2
@@ -39,15 +39,10 @@ from absl import flags
 
 from stemseg_jax import preprocessing
 from stemseg_jax.data import augment, duplicator, sampling
+from stemseg_jax.data.readers import dataset_option, load_dataset
 from stemseg_jax.io import read_image
 
 BUCKETS_PER_ORIENTATION = 2
-# Reader formats whose records are split at long empty runs instead of losing empty frames.
-KITTI_FORMATS = ("kitti_mots", "mots_challenge", "mots")
-# Reader formats whose single-instance clips are duplicated by default (spec §5.4).
-DUPLICATION_FORMATS = ("davis", "ytvis")
-# Official minimum instance areas (pixels at original size, spec §5.5); other formats keep everything.
-MIN_INSTANCE_AREA = {"pascal_voc": 50, "mapillary": 30}
 PAD = np.asarray(preprocessing.PAD_VALUE_BGR, np.uint8)
 
 
@@ -171,15 +166,13 @@ def load_sources(config, records_by_dataset: Mapping[str, Sequence[Any]] | None 
         raise ValueError("config.data.datasets is empty: no training data")
     cfgs = tuple(data.datasets[n] for n in names)
     if records_by_dataset is None:
-        from stemseg_jax.data import load_dataset  # the readers (D1); imported late to keep this module light
-
         records_by_dataset = {n: load_dataset(c, f"data.datasets.{n}") for n, c in zip(names, cfgs)}
     records = tuple(list(records_by_dataset[n]) for n in names)
     for n, recs in zip(names, records):
         if not recs:
             raise ValueError(f"dataset {n!r} has no records")
     # Expected share of the samples per record: the dataset's weight spread over its records.
-    ds_weights = sampling.mixture_quotas({n: _cfg_get(c, "weight", 1.0) for n, c in zip(names, cfgs)}, 10**9)
+    ds_weights = sampling.mixture_quotas({n: dataset_option(c, "weight") for n, c in zip(names, cfgs)}, 10**9)
     shapes, weights = [], []
     for n, recs in zip(names, records):
         s = np.asarray([record_padded_dims(r, data.min_dim, data.max_dim) for r in recs], np.int64)
@@ -204,7 +197,7 @@ def build_epoch_plan(config, sources: DataSources, seed: int, epoch: int) -> Epo
     """The samples and batches of one epoch (module docstring). Deterministic in (seed, epoch)."""
     data, batch_size = config.data, config.train.batch_size
     total = config.train.num_steps * batch_size
-    weights = {n: _cfg_get(c, "weight", 1.0) for n, c in zip(sources.names, sources.cfgs)}
+    weights = {n: dataset_option(c, "weight") for n, c in zip(sources.names, sources.cfgs)}
     quotas = sampling.mixture_quotas(weights, total)
     ds_idx, rec_idx, frames = [], [], []
     for d, (name, cfg, recs) in enumerate(zip(sources.names, sources.cfgs, sources.records)):
@@ -218,7 +211,7 @@ def build_epoch_plan(config, sources: DataSources, seed: int, epoch: int) -> Epo
             f = np.full((len(r), data.num_frames), -1, np.int64)
         else:
             gap = int(_cfg_get(cfg, "frame_gap", data.frame_gap))
-            split = bool(_cfg_get(cfg, "split_on_empty_frames", _cfg_get(cfg, "format", "") in KITTI_FORMATS))
+            split = bool(dataset_option(cfg, "split_on_empty_frames"))
             r, f = sampling.sample_video_clips(_video_views(recs, split), quota, data.num_frames, gap, rng)
         ds_idx.append(np.full(len(r), d, np.int64))
         rec_idx.append(r)
@@ -310,7 +303,6 @@ def load_clip(
       ``images [T, Hb, Wb, 3] uint8``, ``masks [I_max, T, Hb, Wb] bool``, ``instance_valid [I_max]``,
       ``category_ids [I_max] int32``, ``ignore [T, Hb, Wb] bool``.
     """
-    fmt = _cfg_get(ds_cfg, "format", "")
     num_frames, max_inst = data_cfg.num_frames, data_cfg.max_instances
     flip = False
     if record.is_image:
@@ -318,12 +310,13 @@ def load_clip(
         image = _read_frames(record, [0])[0]
         masks, ignore = record.masks.load([0], ids)
         masks, ignore = masks[:, 0], ignore[0]
-        min_area = _cfg_get(ds_cfg, "min_instance_area", MIN_INSTANCE_AREA.get(fmt, 0))
+        min_area = dataset_option(ds_cfg, "min_instance_area")
         if min_area:
             keep = masks.reshape(len(ids), -1).sum(axis=1) >= min_area
             ids, masks = [i for i, k in zip(ids, keep) if k], masks[keep]
         if rng.random() < 0.5:
             image, masks, ignore = image[:, ::-1], masks[..., ::-1], ignore[:, ::-1]
+        fmt = _cfg_get(ds_cfg, "format", "")
         images, masks, ignore, _ = augment.image_to_clip(
             image, masks, ignore, num_frames, rng, recipe=data_cfg.augmentation, source_format=fmt
         )
@@ -334,13 +327,13 @@ def load_clip(
         images = _read_frames(record, frames)
         masks, ignore = record.masks.load(frames, ids)
         categories = [record.categories[i] for i in ids]
-        dup = _cfg_get(ds_cfg, "instance_duplication", fmt in DUPLICATION_FORMATS) and data_cfg.instance_duplication
+        dup = dataset_option(ds_cfg, "instance_duplication") and data_cfg.instance_duplication
         if dup and len(ids) == 1:
             result = duplicator.duplicate_single_instance(images, masks[0], rng)
             if result is not None:
                 images, masks = result
                 categories = categories * 2
-        if _cfg_get(ds_cfg, "background_as_ignore", fmt == "davis"):
+        if dataset_option(ds_cfg, "background_as_ignore"):
             # Official DAVIS behaviour (spec §4.7): unannotated pixels are ignore, not background.
             ignore = ignore | ~masks.any(axis=0)
         # Clip-level flip (seed); applied after resizing below, where the arrays are smaller. Bilinear
@@ -514,7 +507,6 @@ def build_train_iterator(
     shard_count: int = 1,
     records_by_dataset: Mapping[str, Sequence[Any]] | None = None,
     num_workers: int | None = None,
-    worker_init_fn: Callable[[int, int], None] | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Yields the training batches of steps ``start_step, start_step + 1, ...`` (endless).
 
@@ -535,13 +527,12 @@ def build_train_iterator(
     # Read threads in every process: each clip spends most of its time in OpenCV/imgaug, which release the GIL.
     it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=2 if workers == 0 else 1, prefetch_buffer_size=prefetch))
     if workers > 0:
-        worker_init_fn = worker_init_fn or _init_worker
         if not flags.FLAGS.is_parsed():
             # grain's worker processes read absl flags; outside an absl app (tests, notebooks) use the defaults.
             flags.FLAGS(["stemseg_jax"], known_only=True)
         it_ds = it_ds.mp_prefetch(
             grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=prefetch),
-            worker_init_fn=worker_init_fn,
+            worker_init_fn=_init_worker,
         )
     return _closing(iter(it_ds))
 

@@ -169,7 +169,7 @@ class _Scene:
     """One synthetic video: renders frames and per-object visible masks."""
 
     def __init__(self, rng: np.random.Generator, styles: dict[int, Style], h: int, w: int, n_frames: int,
-                 knobs: Knobs, num_objects: int | None = None, allow_enter: bool = True):  # fmt: skip
+                 knobs: Knobs, allow_enter: bool = True):  # fmt: skip
         self.h, self.w, self.n = h, w, n_frames
         self.knobs = knobs
         short = min(h, w)
@@ -178,7 +178,7 @@ class _Scene:
         margin = int(math.ceil(abs(cam).max() * n_frames)) + 4
         self.bg = _background(rng, h + 2 * margin, w + 2 * margin)
         self.cam, self.margin = cam, margin
-        k = num_objects if num_objects is not None else int(rng.integers(knobs.min_objects, knobs.max_objects + 1))
+        k = int(rng.integers(knobs.min_objects, knobs.max_objects + 1))
         cats = sorted(styles)
         self.objects = []
         for _ in range(k):
@@ -483,6 +483,18 @@ def _write_coco(out: str, split: str, split_idx: int, count: int, seed: int, h: 
     return [im["id"] for im in images]
 
 
+# Each format's split writer: (out, split, split_idx, count, seed, h, w, frames, knobs) -> sequence ids.
+_WRITERS = {
+    "davis": _write_davis,
+    "ytvis": _write_ytvis,
+    "kitti_mots": _write_kitti,
+    "coco": lambda out, split, split_idx, count, seed, h, w, _frames, k: _write_coco(
+        out, split, split_idx, count, seed, h, w, k),
+}
+# Knob defaults a format changes: DAVIS-2017 counts objects in the first frame, so none enter later.
+_FORMAT_KNOBS = {"davis": {"enter_prob": 0.0}}
+
+
 def generate(
     fmt: str,
     out_dir: str,
@@ -510,8 +522,7 @@ def generate(
     if unknown:
         known = [f.name for f in dataclasses.fields(Knobs)]
         raise ValueError(f"unknown synthetic knob(s) {sorted(unknown)}; known: {known}")
-    if fmt == "davis":
-        knobs.setdefault("enter_prob", 0.0)  # DAVIS-2017 counts objects in the first frame
+    knobs = {**_FORMAT_KNOBS.get(fmt, {}), **knobs}
     k = Knobs(**{key: tuple(v) if isinstance(v, list) else v for key, v in knobs.items()})
     if not (1 <= k.min_objects <= k.max_objects):
         raise ValueError(f"need 1 <= min_objects <= max_objects, got {k.min_objects}, {k.max_objects}")
@@ -525,14 +536,7 @@ def generate(
             continue
         if fmt != "coco" and n < 1:
             raise ValueError(f"{split} videos need at least one frame, got {n}")
-        if fmt == "davis":
-            splits[split] = _write_davis(out, split, split_idx, count, seed, h, w, n, k)
-        elif fmt == "ytvis":
-            splits[split] = _write_ytvis(out, split, split_idx, count, seed, h, w, n, k)
-        elif fmt == "kitti_mots":
-            splits[split] = _write_kitti(out, split, split_idx, count, seed, h, w, n, k)
-        else:
-            splits[split] = _write_coco(out, split, split_idx, count, seed, h, w, k)
+        splits[split] = _WRITERS[fmt](out, split, split_idx, count, seed, h, w, n, k)
     val = SPLITS[fmt][1]
     val_gt = {
         "davis": os.path.join(out, "Annotations_unsupervised", "480p"),

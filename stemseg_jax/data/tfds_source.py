@@ -23,6 +23,8 @@ import numpy as np
 from stemseg_jax import io
 from stemseg_jax.data.readers import load_dataset
 
+BUILDER_NAME = "stemseg_videos"  # the builder's folder under ``data_dir``
+
 
 def _tfds():
     import tensorflow_datasets as tfds  # imported lazily: ~1 s, and only this module needs it
@@ -45,7 +47,7 @@ def _example(record) -> dict:
                 frames=list(record.frame_paths), annotation=json.dumps(annotation))  # fmt: skip
 
 
-def make_builder(ds_cfg, data_dir: str, name: str = "stemseg_videos"):
+def make_builder(ds_cfg, data_dir: str):
     """A ``GeneratorBasedBuilder`` instance whose single split holds ``load_dataset(ds_cfg)``."""
     tfds = _tfds()
     split = str(ds_cfg.get("split", "train") or "train")
@@ -74,16 +76,16 @@ def make_builder(ds_cfg, data_dir: str, name: str = "stemseg_videos"):
             return {split: self._generate_examples()}
 
         def _generate_examples(self):
-            for k, record in enumerate(load_dataset(ds_cfg, f"tfds[{name}]")):
+            for k, record in enumerate(load_dataset(ds_cfg, f"tfds[{BUILDER_NAME}]")):
                 yield k, _example(record)
 
-    StemsegVideos.name = name
+    StemsegVideos.name = BUILDER_NAME
     return StemsegVideos(data_dir=data_dir, file_format="array_record")
 
 
-def prepare(ds_cfg, data_dir: str, name: str = "stemseg_videos") -> str:
+def prepare(ds_cfg, data_dir: str) -> str:
     """Packs the dataset into ``data_dir``; returns the split name to pass to ``TfdsVideoSource``."""
-    builder = make_builder(ds_cfg, data_dir, name)
+    builder = make_builder(ds_cfg, data_dir)
     builder.download_and_prepare()
     return str(ds_cfg.get("split", "train") or "train")
 
@@ -96,9 +98,9 @@ class TfdsVideoSource:
     ``is_image``.
     """
 
-    def __init__(self, data_dir: str, split: str, name: str = "stemseg_videos"):
+    def __init__(self, data_dir: str, split: str):
         tfds = _tfds()
-        builder = tfds.builder_from_directory(f"{data_dir}/{name}/1.0.0")
+        builder = tfds.builder_from_directory(f"{data_dir}/{BUILDER_NAME}/1.0.0")
         self._source = builder.as_data_source(split=split)
 
     def __len__(self) -> int:

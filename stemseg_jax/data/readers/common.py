@@ -22,6 +22,7 @@ from stemseg_jax import io
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+INDEX_THREADS = 4  # threads of ``map_files``' label-PNG scan
 
 
 def cfg_get(ds_cfg, key: str, default: Any = None) -> Any:
@@ -44,14 +45,13 @@ def resolve_root(ds_cfg, field: str) -> str:
     return path
 
 
-def resolve_under(root: str, value: str, field: str, *, must_exist: bool = True, is_dir: bool | None = None) -> str:
-    """A configured path relative to ``root`` (absolute paths and ``$VARS`` allowed)."""
+def resolve_under(root: str, value: str, field: str, *, is_dir: bool | None = None) -> str:
+    """An existing configured path relative to ``root`` (absolute paths and ``$VARS`` allowed)."""
     expanded = io.expand_vars(str(value), field)
     path = os.path.abspath(expanded if os.path.isabs(expanded) else os.path.join(root, expanded))
-    if must_exist:
-        ok = os.path.isdir(path) if is_dir else os.path.isfile(path) if is_dir is False else os.path.exists(path)
-        if not ok:
-            raise FileNotFoundError(f"config field {field}={value!r}: {path} does not exist")
+    ok = os.path.isdir(path) if is_dir else os.path.isfile(path) if is_dir is False else os.path.exists(path)
+    if not ok:
+        raise FileNotFoundError(f"config field {field}={value!r}: {path} does not exist")
     return path
 
 
@@ -65,7 +65,7 @@ def first_existing(root: str, candidates: Sequence[str], what: str, field: str) 
     raise FileNotFoundError(f"{what} not found (set config field {field} to choose it); tried: {tried}")
 
 
-def list_frames(directory: str, where: str, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[str]:
+def list_frames(directory: str, where: str) -> list[str]:
     """Sorted image files of a frame folder; a frame list with a hole (00000, 00001, 00003) is an error.
 
     Frames must be named by their number (``00000.jpg``, ``000001.png``): DAVIS, KITTI and
@@ -73,7 +73,7 @@ def list_frames(directory: str, where: str, extensions: Sequence[str] = IMAGE_EX
     """
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"{where}: frame folder {directory} does not exist")
-    names = sorted(f for f in os.listdir(directory) if f.lower().endswith(tuple(extensions)))
+    names = sorted(f for f in os.listdir(directory) if f.lower().endswith(IMAGE_EXTENSIONS))
     if not names:
         raise ValueError(f"{where}: frame folder {directory} holds no images")
     check_contiguous(names, f"{where}: {directory}")
@@ -102,7 +102,7 @@ def check_contiguous(names: Sequence[str], where: str) -> None:
             raise ValueError(f"{where}: frame list has a hole: frame {e} is missing (next present is {n})")
 
 
-def map_files(paths: Sequence[str], fn: Callable[[str], Any], cache_file: str | None, workers: int = 4) -> list[Any]:
+def map_files(paths: Sequence[str], fn: Callable[[str], Any], cache_file: str | None) -> list[Any]:
     """``[fn(p) for p in paths]`` in threads, with an optional JSON cache keyed by (path, mtime, size).
 
     Used for the PNG formats, whose instance lists are only known after decoding each label PNG once.
@@ -121,7 +121,7 @@ def map_files(paths: Sequence[str], fn: Callable[[str], Any], cache_file: str | 
         keys.append(f"{p}|{st.st_mtime_ns}|{st.st_size}")
     todo = [i for i, k in enumerate(keys) if k not in cache]
     if todo:
-        with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as ex:
+        with concurrent.futures.ThreadPoolExecutor(INDEX_THREADS) as ex:
             for i, result in zip(todo, ex.map(lambda i: fn(paths[i]), todo)):
                 cache[keys[i]] = result
         if cache_file:
