@@ -173,3 +173,16 @@ def test_rle_areas_beyond_pycocotools_uint8_limit():
     rles = [mask_utils.encode(np.asfortranarray(m.astype(np.uint8))) for m in masks]
     np.testing.assert_array_equal(rle_areas(rles), masks.reshape(300, -1).sum(1))
     assert rle_areas([]).shape == (0,)
+
+
+def test_atomic_writes_get_the_mode_of_an_ordinary_write(tmp_path):
+    """mkstemp makes 0600 files; results and datasets must be readable as an open() would leave them."""
+    old = os.umask(0o022)
+    try:
+        ordinary = tmp_path / "ordinary.txt"
+        ordinary.write_text("x")
+        for path in (io.write_text(str(tmp_path / "a.txt"), "x"), io.write_json(str(tmp_path / "b.json"), {}),
+                     io.write_indexed_png(str(tmp_path / "c.png"), np.zeros((2, 2), np.uint8))):
+            assert os.stat(path).st_mode & 0o777 == os.stat(ordinary).st_mode & 0o777 == 0o644
+    finally:
+        os.umask(old)

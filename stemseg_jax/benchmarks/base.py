@@ -53,7 +53,10 @@ class SplitWriter(abc.ABC):
 
 
 class Benchmark(abc.ABC):
-    name: str
+    name: str  # also the synthetic generator's format of the same layout
+    metric = None  # the evaluation module (``format_table``)
+    frame_hw: tuple[int, int]  # the real benchmark's usual frame size
+    synthetic_video_frames = 50
     # What ``VideoResult.track_classes`` a method must produce (``results.CLASS_MODES``), None: none needed.
     class_mode: str | None = None
 
@@ -77,14 +80,30 @@ class Benchmark(abc.ABC):
     def check(self, ground_truth: str, results: str, options: ScoreOptions = DEFAULT_OPTIONS) -> list[str]:
         """Problems of a results folder / file against the ground truth's metadata (empty: valid)."""
 
-    @abc.abstractmethod
     def format_table(self, result: dict) -> str:
-        """The official-style table of a ``score`` result."""
+        """The official-style table of a ``score`` result (the evaluation module's)."""
+        return self.metric.format_table(result)
+
+    def synthetic_split(self, work: str, num_frames: int, seed: int = 0) -> tuple[str, str, list[str]]:
+        """A synthetic val split of about ``num_frames`` frames at the benchmark's real frame size, with
+        perturbed ground truth written as results (a self-check and a timing run of the scoring path):
+        ``(ground truth, results, sequences)``."""
+        from stemseg_jax.data import synthetic  # only the synthetic self-check needs the data package
+
+        n_videos = max(1, round(num_frames / self.synthetic_video_frames))
+        info = synthetic.generate(self.name, os.path.join(work, "gt"), seed, num_train=0, num_val=n_videos,
+                                  num_frames=self.synthetic_video_frames, height=self.frame_hw[0],
+                                  width=self.frame_hw[1], max_objects=5)
+        sequences = list(next(iter(info["splits"].values())))
+        gt, results = self._write_perturbed_results(info, sequences, np.random.default_rng(seed),
+                                                    os.path.join(work, "results"))
+        return gt, results, sequences
 
     @abc.abstractmethod
-    def synthetic_split(self, work: str, num_frames: int, seed: int = 0) -> tuple[str, str, list[str]]:
-        """A synthetic val split at the benchmark's real frame size with perturbed ground truth written as
-        results (a self-check and a timing run of the scoring path): ``(ground truth, results, sequences)``."""
+    def _write_perturbed_results(self, info: dict, sequences: list[str], rng: np.random.Generator,
+                                 results_dir: str) -> tuple[str, str]:
+        """Writes ``perturb_mask``-ed ground truth of a synthetic split (``synthetic.generate``'s ``info``)
+        as results; returns ``(ground truth, results)`` as ``score`` takes them."""
 
     def missing_ground_truth_hint(self) -> str:
         return "no ground truth configured, so no metrics"
@@ -97,14 +116,3 @@ def perturb_mask(rng: np.random.Generator, mask: np.ndarray) -> np.ndarray:
     if rng.random() < 0.2:
         out[: out.shape[0] // 2] = False
     return out
-
-
-def synthetic_val_split(fmt: str, work: str, num_frames: int, frame_hw: tuple[int, int], per_video: int,
-                        seed: int) -> tuple[dict, list[str]]:
-    """Generates the val split of a synthetic dataset of about ``num_frames`` frames; ``(info, sequences)``."""
-    from stemseg_jax.data import synthetic  # only the synthetic self-check needs the data package
-
-    n_videos = max(1, round(num_frames / per_video))
-    info = synthetic.generate(fmt, os.path.join(work, "gt"), seed, num_train=0, num_val=n_videos,
-                              num_frames=per_video, height=frame_hw[0], width=frame_hw[1], max_objects=5)
-    return info, list(next(iter(info["splits"].values())))

@@ -13,7 +13,6 @@ from stemseg_jax.benchmarks.base import (
     ScoreOptions,
     SplitWriter,
     perturb_mask,
-    synthetic_val_split,
 )
 from stemseg_jax.benchmarks.masks import paint_longest_tracks
 from stemseg_jax.evaluation import check, davis, writers
@@ -55,6 +54,8 @@ class _Writer(SplitWriter):
 
 class Davis(Benchmark):
     name = "davis"
+    metric = davis
+    frame_hw = FRAME_HW
     class_mode = None  # class-agnostic
 
     def max_tracks(self, config) -> int:
@@ -74,15 +75,9 @@ class Davis(Benchmark):
     def check(self, ground_truth: str, results: str, options: ScoreOptions = DEFAULT_OPTIONS) -> list[str]:
         return check.check_davis(ground_truth, results, options.split, options.sequences)
 
-    def format_table(self, result: dict) -> str:
-        return davis.format_table(result)
-
-    def synthetic_split(self, work: str, num_frames: int, seed: int = 0) -> tuple[str, str, list[str]]:
-        info, seqs = synthetic_val_split("davis", work, num_frames, FRAME_HW, 50, seed)
-        rng = np.random.default_rng(seed)
-        res = os.path.join(work, "results")
-        h, w = FRAME_HW
-        for seq in seqs:
+    def _write_perturbed_results(self, info, sequences, rng, res) -> tuple[str, str]:
+        h, w = self.frame_hw
+        for seq in sequences:
             names, gt = davis.load_gt_sequence(info["root"], seq)
             n = int(gt[0].max())
             perm = rng.permutation(n) + 1
@@ -92,4 +87,4 @@ class Davis(Benchmark):
                     pred[t][perturb_mask(rng, gt[t] == k)] = perm[k - 1]
             pred[:, : h // 8, : w // 8] = n + 1  # a spurious proposal
             writers.write_davis_sequence(res, seq, names, pred)
-        return info["root"], res, seqs
+        return info["root"], res

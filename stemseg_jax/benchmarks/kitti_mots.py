@@ -17,7 +17,6 @@ from stemseg_jax.benchmarks.base import (
     ScoreOptions,
     SplitWriter,
     perturb_mask,
-    synthetic_val_split,
 )
 from stemseg_jax.benchmarks.masks import masks_to_original, ranked, resolve_overlaps
 from stemseg_jax.evaluation import check, kitti_mots, writers
@@ -127,6 +126,8 @@ class _Writer(SplitWriter):
 
 class KittiMots(Benchmark):
     name = "kitti_mots"
+    metric = kitti_mots
+    frame_hw = FRAME_HW
     class_mode = "pixel_votes"
 
     def open_split(self, results_dir: str, config) -> SplitWriter:
@@ -142,15 +143,9 @@ class KittiMots(Benchmark):
     def check(self, ground_truth: str, results: str, options: ScoreOptions = DEFAULT_OPTIONS) -> list[str]:
         return check.check_kitti_mots(ground_truth, results, options.sequences, options.seqmap)
 
-    def format_table(self, result: dict) -> str:
-        return kitti_mots.format_table(result)
-
-    def synthetic_split(self, work: str, num_frames: int, seed: int = 0) -> tuple[str, str, list[str]]:
-        info, seqs = synthetic_val_split("kitti_mots", work, num_frames, FRAME_HW, 50, seed)
-        rng = np.random.default_rng(seed)
-        h, w = FRAME_HW
-        res = os.path.join(work, "results")
-        for seq in seqs:
+    def _write_perturbed_results(self, info, sequences, rng, res) -> tuple[str, str]:
+        h, w = self.frame_hw
+        for seq in sequences:
             frames = kitti_mots.load_txt(os.path.join(info["val_gt"], f"{seq}.txt"), (1, 2, 10))
             dets = []
             for f, objs in frames.items():
@@ -164,4 +159,4 @@ class KittiMots(Benchmark):
                     if m.any() and all(d[1] != track or d[2] != cls for d in dets if d[0] == f):
                         dets.append((f, track, cls, m))
             writers.write_kitti_mots_sequence(res, seq, dets)
-        return os.path.dirname(info["val_gt"]), res, seqs
+        return os.path.dirname(info["val_gt"]), res

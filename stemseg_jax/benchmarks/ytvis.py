@@ -16,7 +16,6 @@ from stemseg_jax.benchmarks.base import (
     ScoreOptions,
     SplitWriter,
     perturb_mask,
-    synthetic_val_split,
 )
 from stemseg_jax.benchmarks.masks import frame_masks, ranked
 from stemseg_jax.evaluation import check, writers, ytvis
@@ -83,6 +82,9 @@ class _Writer(SplitWriter):
 
 class YouTubeVIS(Benchmark):
     name = "ytvis"
+    metric = ytvis
+    frame_hw = FRAME_HW
+    synthetic_video_frames = 30
     class_mode = "mean_logits"
 
     def open_split(self, results_dir: str, config) -> SplitWriter:
@@ -102,13 +104,8 @@ class YouTubeVIS(Benchmark):
     def check(self, ground_truth: str, results: str, options: ScoreOptions = DEFAULT_OPTIONS) -> list[str]:
         return check.check_ytvis(ground_truth, results)
 
-    def format_table(self, result: dict) -> str:
-        return ytvis.format_table(result)
-
-    def synthetic_split(self, work: str, num_frames: int, seed: int = 0) -> tuple[str, str, list[str]]:
-        info, seqs = synthetic_val_split("ytvis", work, num_frames, FRAME_HW, 30, seed)
-        rng = np.random.default_rng(seed)
-        h, w = FRAME_HW
+    def _write_perturbed_results(self, info, sequences, rng, res) -> tuple[str, str]:
+        h, w = self.frame_hw
         with open(info["val_gt"]) as fh:
             gt = json.load(fh)
         entries = []
@@ -119,5 +116,5 @@ class YouTubeVIS(Benchmark):
             ])
             cat = a["category_id"] if rng.random() < 0.8 else int(rng.choice([c["id"] for c in gt["categories"]]))
             entries.append(writers.ytvis_entry(a["video_id"], cat, float(rng.random()), masks))
-        path, _ = writers.write_ytvis_results(os.path.join(work, "results"), entries)
-        return info["val_gt"], path, seqs
+        path, _ = writers.write_ytvis_results(res, entries)
+        return info["val_gt"], path
