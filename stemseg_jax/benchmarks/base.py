@@ -84,6 +84,10 @@ class Benchmark(abc.ABC):
         """The official-style table of a ``score`` result (the evaluation module's)."""
         return self.metric.format_table(result)
 
+    @abc.abstractmethod
+    def headline(self, result: dict) -> dict[str, float]:
+        """The figures papers report from a ``score`` result (fractions, not percentages), e.g. for tables."""
+
     def synthetic_split(self, work: str, num_frames: int, seed: int = 0) -> tuple[str, str, list[str]]:
         """A synthetic val split of about ``num_frames`` frames at the benchmark's real frame size, with
         perturbed ground truth written as results (a self-check and a timing run of the scoring path):

@@ -75,6 +75,10 @@ class Davis(Benchmark):
     def check(self, ground_truth: str, results: str, options: ScoreOptions = DEFAULT_OPTIONS) -> list[str]:
         return check.check_davis(ground_truth, results, options.split, options.sequences)
 
+    def headline(self, result: dict) -> dict[str, float]:
+        g = result["global"]
+        return {"J&F": g["J&F-Mean"], "J": g["J-Mean"], "F": g["F-Mean"]}
+
     def _write_perturbed_results(self, info, sequences, rng, res) -> tuple[str, str]:
         h, w = self.frame_hw
         for seq in sequences:

@@ -143,6 +143,9 @@ class KittiMots(Benchmark):
     def check(self, ground_truth: str, results: str, options: ScoreOptions = DEFAULT_OPTIONS) -> list[str]:
         return check.check_kitti_mots(ground_truth, results, options.sequences, options.seqmap)
 
+    def headline(self, result: dict) -> dict[str, float]:
+        return {f"sMOTSA {name}": result["classes"][name]["mots_tools"]["sMOTSA"] for name in ("car", "pedestrian")}
+
     def _write_perturbed_results(self, info, sequences, rng, res) -> tuple[str, str]:
         h, w = self.frame_hw
         for seq in sequences:

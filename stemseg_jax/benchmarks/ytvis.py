@@ -104,6 +104,9 @@ class YouTubeVIS(Benchmark):
     def check(self, ground_truth: str, results: str, options: ScoreOptions = DEFAULT_OPTIONS) -> list[str]:
         return check.check_ytvis(ground_truth, results)
 
+    def headline(self, result: dict) -> dict[str, float]:
+        return {"AP": result["stats"]["AP"]}
+
     def _write_perturbed_results(self, info, sequences, rng, res) -> tuple[str, str]:
         h, w = self.frame_hw
         with open(info["val_gt"]) as fh:

@@ -14,14 +14,15 @@ _SHORT = {"lovasz": "lov", "smoothness": "smooth", "seediness": "seed", "semseg"
 class TrainLogger:
     """``model`` (the trained ``STEmSeg``) is needed only for the image summaries."""
 
-    def __init__(self, config, workdir: str, *, start: int, total: int, enabled: bool = True, model=None):
+    def __init__(self, config, workdir: str, *, start: int, total: int, enabled: bool = True, model=None,
+                 desc: str = "train"):
         self.config = config
         self.enabled = enabled
         self._apply = jax.jit(model.apply) if model is not None else None
         self._bar = None
         self._writer = None
         if enabled:
-            self._bar = tqdm.tqdm(total=total, initial=start, dynamic_ncols=True, desc="train", unit="step")
+            self._bar = tqdm.tqdm(total=total, initial=start, dynamic_ncols=True, desc=desc, unit="step")
             try:
                 from tensorboardX import SummaryWriter
 

@@ -180,6 +180,7 @@ def train(
     stop_after: int | None = None,
     devices=None,
     progress: bool = True,
+    progress_desc: str = "train",
 ) -> dict:
     """Trains ``config`` in ``workdir``, resuming from the newest checkpoint found there.
 
@@ -187,6 +188,7 @@ def train(
       batches: an iterator of host batches starting at the resume step; by default
         ``stemseg_jax.data.build_train_iterator`` (closed at the end, which stops its worker processes).
       stop_after: end this run after this many optimizer steps (the run can be resumed later).
+      progress_desc: the progress bar's label (e.g. which run of an ablation).
     Returns the final train state (on the host).
     """
     from stemseg_jax.data.pipeline import build_train_iterator
@@ -224,7 +226,7 @@ def train(
     train_step = make_train_step(config, mesh, model=model, optimizer=optimizer)
     end = num_steps if stop_after is None else min(num_steps, start + stop_after)
     logger = TrainLogger(config, workdir, start=start, total=num_steps, enabled=progress and jax.process_index() == 0,
-                         model=model)
+                         model=model, desc=progress_desc)
     log_every = max(1, int(config.train.log_every))
     summary_every = int(config.train.image_summary_every or 0)
     batch = first
