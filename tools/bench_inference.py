@@ -110,6 +110,45 @@ def train_step_memory(config, remat: bool) -> dict:
     }
 
 
+def infer_command_rss(config_spec: str, frame_counts: list[int], height: int, width: int, work: str) -> list[dict]:
+    """Peak RSS of ``python -m stemseg_jax.main --mode infer`` itself on a video file of each length: the
+    video is written with OpenCV (MP4), the model is the config's, randomly initialised and saved as a
+    converted checkpoint; each run is its own process, measured with ``os.wait4``."""
+    import subprocess
+
+    import cv2
+
+    from stemseg_jax.convert import save_variables
+    from stemseg_jax.train.trainer import init_state
+
+    config = load_config_file(config_spec)
+    ph, pw = padded_dims(*compute_resize_dims(height, width, int(config.inference.min_dim or config.data.min_dim),
+                                              int(config.inference.max_dim or config.data.max_dim)))
+    state = init_state(config, np.zeros((1, config.data.num_frames, ph, pw, 3), np.uint8), jax.random.PRNGKey(0))
+    weights = os.path.join(work, "weights")
+    save_variables({"params": state["params"], **state["constants"]}, weights, overwrite=True)
+    rows = []
+    for n in frame_counts:
+        path = os.path.join(work, f"video_{n}.mp4")
+        writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (width, height))
+        frames = SyntheticVideo(height, width)
+        for t in range(n):
+            writer.write(frames(t))
+        writer.release()
+        cmd = [sys.executable, "-m", "stemseg_jax.main", "--config", config_spec, "--mode", "infer",
+               "--workdir", os.path.join(work, "run"), f"--config.inference.input={path}",
+               f"--config.inference.checkpoint={weights}"]
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode:
+            raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr.read().decode()[-2000:]}")
+        rows.append({"frames": n, "seconds": time.perf_counter() - t0, "rss_mib": usage.ru_maxrss / 1024})
+    return rows
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True)
@@ -121,6 +160,8 @@ def main(argv=None):
     p.add_argument("--rss", action="store_true",
                    help="also print this process's peak resident memory (for streaming checks: run once with "
                         "--frames 30 and once with --frames 300)")
+    p.add_argument("--rss-command", type=int, nargs="+", metavar="FRAMES",
+                   help="peak RSS of the --mode infer command itself on video files of these lengths (e.g. 30 300)")
     p.add_argument("--memory", action="store_true")
     p.add_argument("--memory-only", action="store_true")
     args = p.parse_args(argv)
@@ -129,6 +170,15 @@ def main(argv=None):
         config.data.min_dim, config.data.max_dim = args.dims
         config.inference.min_dim, config.inference.max_dim = args.dims
     print(f"config {args.config}  device {jax.devices()[0].platform} x{jax.device_count()}")
+    if args.rss_command:
+        with tempfile.TemporaryDirectory() as work:
+            rows = infer_command_rss(args.config, args.rss_command, args.height, args.width, work)
+        print("| command | video | wall s | peak RSS | vs first |")
+        print("|---|---|---|---|---|")
+        for r in rows:
+            print(f"| --mode infer | {r['frames']} x {args.height}x{args.width} (mp4) | {r['seconds']:.1f} | "
+                  f"{r['rss_mib']:.0f} MiB | {r['rss_mib'] / rows[0]['rss_mib']:.2f}x |")
+        return
     if not args.memory_only:
         r = bench_video(config, args.frames, args.height, args.width)
         parts = ("backbone", "heads", "clustering", "linking", "writing")

@@ -83,22 +83,32 @@ def frame_masks(label_map: np.ndarray, track_ids: Sequence[int], **chain) -> np.
     return masks
 
 
+def longest_tracks(linked: LinkedTracks, max_tracks: int) -> list[int]:
+    """The ``max_tracks`` longest-lived track ids (ties: first appearance), in rank order."""
+    if not 0 < max_tracks < 256:
+        raise ValueError(f"max_tracks must be in 1..255 (uint8 label maps), got {max_tracks}")
+    return ranked(linked.lifetimes, linked.order, descending=True)[:max_tracks]
+
+
+def paint_frame(label_map: np.ndarray, kept: Sequence[int], **chain) -> np.ndarray:
+    """``[H, W] uint8`` full-resolution label map of one frame: track ``kept[i]`` painted as ``i + 1`` in rank
+    order, so a later-ranked track overwrites an earlier one where their masks overlap."""
+    chain = dict(chain, original_hw=tuple(int(v) for v in chain["original_hw"]))
+    out = np.zeros(chain["original_hw"], np.uint8)
+    for rank, mask in enumerate(frame_masks(label_map, kept, **chain), start=1):
+        out[mask] = rank
+    return out
+
+
 def paint_longest_tracks(linked: LinkedTracks, max_tracks: int, **chain) -> tuple[np.ndarray, list[int]]:
-    """Label maps of the ``max_tracks`` longest-lived tracks (ties: first appearance), painted in rank order
-    at full resolution, so a shorter-lived track overwrites a longer-lived one where they overlap.
+    """Label maps of the ``max_tracks`` longest-lived tracks (``longest_tracks``), painted at full
+    resolution (``paint_frame``).
 
     Returns:
       ``(label_maps [T, H, W] uint8 with values 0..K, kept track ids in rank order)``.
     """
-    if not 0 < max_tracks < 256:
-        raise ValueError(f"max_tracks must be in 1..255 (uint8 label maps), got {max_tracks}")
-    kept = ranked(linked.lifetimes, linked.order, descending=True)[:max_tracks]
-    chain = dict(chain, original_hw=tuple(int(v) for v in chain["original_hw"]))
-    out = np.zeros((linked.num_frames, *chain["original_hw"]), np.uint8)
-    for t in range(linked.num_frames):
-        for rank, mask in enumerate(frame_masks(linked.label_maps[t], kept, **chain), start=1):
-            out[t][mask] = rank
-    return out, kept
+    kept = longest_tracks(linked, max_tracks)
+    return np.stack([paint_frame(linked.label_maps[t], kept, **chain) for t in range(linked.num_frames)]), kept
 
 
 def resolve_overlaps(masks: np.ndarray, priority: np.ndarray) -> np.ndarray:
