@@ -67,6 +67,10 @@ def test_rerun_skips_finished_runs_resumes_the_interrupted_one_and_reports_failu
     assert rows[0]["metrics"]["J&F"] == 0.5 and rows[2]["metrics"]["J&F"] == 0.7  # xy from its earlier result
     assert "out of memory" in rows[1]["error"] and not os.path.exists(tmp_path / "runs" / "xyt" / "result.json")
 
+    # a later invocation with other runs (e.g. a second seed) still tables the finished ones of this one
+    later = [dict(rows[2], label="xyf,seed=43", seed=43)]
+    assert [r["label"] for r in ablate.other_finished_runs(str(tmp_path), later)] == ["xy", "xyf"]
+
     paths = ablate.write_outputs(str(tmp_path), rows, "python tools/ablate.py ...", "toy")
     table = open(paths["markdown"]).read()
     lines = [line for line in table.splitlines() if line.startswith("| xy")]

@@ -175,7 +175,7 @@ def ablate(base, workdir: str, runs: list[Run], steps: int | None = None,
             out = run_fn(config, run_dir, desc)
             metrics = benchmark.headline(out["metrics"]) if out.get("metrics") else {}
             result = {"status": "done", "metrics": metrics, "train_seconds": float(out.get("train_seconds", 0.0))}
-            write_json(result_path, json_finite(result), indent=1)
+            write_json(result_path, json_finite({**row, **result}), indent=1)
             finished_seconds += result["train_seconds"]
             finished_steps += row["steps"]
         except Exception as err:  # one failed run is a row of the table, not the end of the ablation
@@ -183,6 +183,22 @@ def ablate(base, workdir: str, runs: list[Run], steps: int | None = None,
             log(f"[{desc}] FAILED: {result['error']}\n{traceback.format_exc(limit=3)}")
         rows.append({**row, **result})
     return rows
+
+
+def other_finished_runs(workdir: str, rows: list[dict]) -> list[dict]:
+    """Finished runs in ``workdir`` that this invocation did not plan (an earlier invocation's, e.g. the
+    main Table I before a spread run), so that the written table always covers the whole workdir."""
+    known = {r["label"] for r in rows}
+    found = []
+    runs_dir = os.path.join(workdir, "runs")
+    for name in sorted(os.listdir(runs_dir)) if os.path.isdir(runs_dir) else []:
+        path = os.path.join(runs_dir, name, "result.json")
+        if os.path.isfile(path):
+            with open(path) as fh:
+                row = json.load(fh)
+            if "label" in row and row["label"] not in known:
+                found.append(row)
+    return found
 
 
 def _duration(seconds: float) -> str:
@@ -287,6 +303,7 @@ def main(argv=None) -> int:
     runs = plan_runs(base.model.embedding_mode, phis, overrides, seeds, int(base.seed))
     os.makedirs(args.workdir, exist_ok=True)
     rows = ablate(base, args.workdir, runs, args.steps)
+    rows += other_finished_runs(args.workdir, rows)
     command = "python tools/ablate.py " + " ".join(argv if argv is not None else sys.argv[1:])
     paths = write_outputs(args.workdir, rows, command, f"{args.config}: {len(rows)} runs")
     print(markdown_table(rows, command))
