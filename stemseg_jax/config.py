@@ -176,6 +176,19 @@ def make_tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return c
 
 
+def check_values(c: ml_collections.ConfigDict) -> None:
+    """Fails with one message naming the first field whose value cannot work (a count that must be at least
+    1, a decay outside [0, 1)), so that a typo stops a run before it creates anything."""
+    for field in ("train.batch_size", "train.num_steps", "train.checkpoint_every", "train.keep_checkpoints",
+                  "train.log_every", "data.num_frames", "data.max_instances"):
+        section, name = field.split(".")
+        value = c[section][name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"config.{field} must be an integer >= 1, got {value!r}")
+    if not 0.0 <= float(c.train.ema_decay) < 1.0:
+        raise ValueError(f"config.train.ema_decay must be in [0, 1), got {c.train.ema_decay!r}")
+
+
 def parse_variants(arg: str | None, allowed: tuple[str, ...]) -> set[str]:
     """Parses ``configs/x.py:a,b`` variant strings; an unknown variant is a clear error."""
     variants = {v.strip() for v in (arg or "").split(",") if v.strip()}

@@ -52,3 +52,9 @@ def build_optimizer(train: ml_collections.ConfigDict, trainable_mask) -> optax.G
         raise ValueError(f"train.optimizer must be 'sgd' or 'adamw', got {train.optimizer!r}")
     labels = jax.tree_util.tree_map(lambda trainable: "train" if trainable else "frozen", trainable_mask)
     return optax.multi_transform({"train": update, "frozen": optax.set_to_zero()}, labels)
+
+
+def check_settings(train: ml_collections.ConfigDict) -> None:
+    """Fails with the message ``build_optimizer`` would give for a bad schedule or optimizer setting, without
+    the model's parameters: ``train`` checks this before it creates anything in the workdir."""
+    build_optimizer(train, {})

@@ -8,9 +8,11 @@ individually normalised losses, so the update is the same however the clips are 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+import shutil
 import time
 from collections.abc import Iterator
 
@@ -24,14 +26,26 @@ from flax import traverse_util
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from stemseg_jax.checkpoints import restore_model_variables
+from stemseg_jax.checkpoints import (
+    check_fits,
+    check_writable_dir,
+    first_line,
+    flat_shapes,
+    restore_model_variables,
+    saved_shapes,
+)
+from stemseg_jax.config import check_values
 from stemseg_jax.losses.objective import make_loss_fn
 from stemseg_jax.model import build_model, trainable_mask
-from stemseg_jax.train.optim import build_optimizer, learning_rate_schedule
+from stemseg_jax.train.optim import build_optimizer, check_settings, learning_rate_schedule
 
 log = logging.getLogger(__name__)
 
 BATCH_KEYS = ("images", "masks", "instance_valid", "category_ids", "ignore")
+
+
+class CheckpointSaveError(OSError):
+    """A checkpoint could not be written (e.g. a full disk): training stops at the step it is noticed."""
 
 
 def make_mesh(devices=None) -> Mesh:
@@ -168,6 +182,8 @@ def checkpoint_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.C
         max_to_keep=int(config.train.keep_checkpoints),
         save_interval_steps=int(config.train.checkpoint_every),
         create=True,
+        # A save that failed (e.g. on a full disk) leaves a tmp directory that would break saving that step again.
+        cleanup_tmp_directories=True,
     )
     return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"), options=options)
 
@@ -194,21 +210,31 @@ def train(
     from stemseg_jax.data.pipeline import build_train_iterator
     from stemseg_jax.train.progress import TrainLogger
 
+    # Everything a setting can get wrong is checked before anything is created in the workdir, so a failed
+    # start leaves no empty checkpoints/ that later commands would take for a run.
+    check_values(config)
+    check_settings(config.train)
     if config.train.distributed:
         jax.distributed.initialize()
     mesh = make_mesh(devices)
     n_dev = mesh.devices.size
     if config.train.batch_size % n_dev:
         raise ValueError(f"train.batch_size={config.train.batch_size} is not a multiple of the {n_dev} devices")
-    os.makedirs(workdir, exist_ok=True)
-    manager = checkpoint_manager(workdir, config)
-    start = manager.latest_step() or 0
+    workdir = check_writable_dir(workdir, "--workdir")
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    steps = _committed_steps(ckpt_dir)
+    start = steps[-1] if steps else 0
     num_steps = int(config.train.num_steps)
-    if batches is None:
-        batches = build_train_iterator(
-            config, seed=int(config.seed), start_step=start,
+    own_batches = batches is None
+
+    def data_from(step: int):
+        return build_train_iterator(
+            config, seed=int(config.seed), start_step=step,
             shard_index=jax.process_index(), shard_count=jax.process_count(),
         )
+
+    if own_batches:
+        batches = data_from(start)
     first = next(batches)
     # One model and one optimizer for initialisation, the step and the summaries; the optimizer's frozen
     # parameters are known from the parameter tree's names alone, so abstract shapes suffice.
@@ -217,10 +243,22 @@ def train(
     abstract_params = jax.eval_shape(model.init, key, jnp.asarray(first["images"][:1]))["params"]
     optimizer = make_optimizer(config, abstract_params)
     state = init_state(config, first["images"], key, model=model, optimizer=optimizer)
-    if start:
-        abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state)
-        state = manager.restore(start, args=ocp.args.StandardRestore(abstract))
-        log.info("resumed from %s at step %d", manager.directory, start)
+    _check_free_space(workdir, state)
+    if steps:
+        state, restored = _restore_newest_intact(ckpt_dir, state, steps, workdir)
+        if restored != start:
+            # The data continue at the step resumed from: the pipeline is rebuilt there.
+            if own_batches:
+                if hasattr(batches, "close"):
+                    batches.close()
+                batches = data_from(restored)
+                first = next(batches)
+            else:
+                log.warning("the given batches were meant to start at step %d, training resumes at step %d",
+                            start, restored)
+            start = restored
+        log.info("resumed from %s at step %d", ckpt_dir, start)
+    manager = checkpoint_manager(workdir, config)
     replicated = NamedSharding(mesh, P())
     state = jax.device_put(state, replicated)
     train_step = make_train_step(config, mesh, model=model, optimizer=optimizer)
@@ -235,11 +273,15 @@ def train(
     # and prepares the next batch while the device computes. They are checked (finite loss) before any
     # checkpoint is written, so a non-finite state is never saved.
     pending: list[tuple[int, dict, list[str]]] = []
+    # The step whose checkpoint orbax is still writing in the background; its errors are checked every step.
+    saving_step: int | None = None
     t_logged = time.perf_counter()
+    failed = True
     try:
         while step < end:
             state, metrics = train_step(state, shard_batch(batch, mesh))
             step += 1
+            saving_step = _check_save(manager, saving_step, block=False)
             pending.append((step, metrics, [str(c) for c in np.asarray(batch.get("clip_ids", []))]))
             saving = manager.should_save(step) or step == end
             if step % log_every == 0 or step == start + 1 or saving or (summary_every and step % summary_every == 0):
@@ -249,15 +291,116 @@ def train(
                 pending, t_logged = [], time.perf_counter()
             if summary_every and step % summary_every == 0:
                 logger.log_images(step, state, batch)
-            manager.save(step, args=ocp.args.StandardSave(state), force=step == end)
+            if saving:
+                saving_step = _check_save(manager, saving_step, block=True)
+                try:
+                    saved = manager.save(step, args=ocp.args.StandardSave(state), force=step == end)
+                except Exception as e:
+                    raise CheckpointSaveError(
+                        f"checkpoint step {step}: saving to {manager.directory} failed: {first_line(e)}") from e
+                if saved:
+                    saving_step = step
             if step < end:
                 batch = next(batches)
+        failed = False
     finally:
-        manager.wait_until_finished()
-        logger.close()
-        if hasattr(batches, "close"):
-            batches.close()
+        try:
+            if failed:
+                # The error already propagating is the one to report; a pending save only has to finish.
+                with contextlib.suppress(Exception):
+                    manager.wait_until_finished()
+            else:
+                _check_save(manager, saving_step, block=True)
+        finally:
+            logger.close()
+            if hasattr(batches, "close"):
+                batches.close()
     return jax.device_get(state)
+
+
+def _committed_steps(ckpt_dir: str) -> list[int]:
+    """The steps of ``ckpt_dir`` that orbax committed (an unfinished save is a ``<step>.orbax-checkpoint-tmp``
+    directory), oldest first; none when it does not exist."""
+    if not os.path.isdir(ckpt_dir):
+        return []
+    return sorted(int(n) for n in os.listdir(ckpt_dir) if n.isdigit() and os.path.isdir(os.path.join(ckpt_dir, n)))
+
+
+def _restore_newest_intact(ckpt_dir: str, state: dict, steps: list[int], workdir: str) -> tuple[dict, int]:
+    """The newest checkpoint of ``steps`` that restores, and its step. A checkpoint of another config (its
+    tensors' shapes differ from ``state``'s) is an error naming it; a broken one (a truncated or missing
+    file) is skipped with a warning and moved to ``workdir/broken_checkpoints``, so that the step can be
+    saved again. None intact is an error."""
+    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state)
+    expected = flat_shapes(abstract)
+    broken: list[tuple[str, BaseException]] = []
+    for step in sorted(steps, reverse=True):
+        step_dir = os.path.join(ckpt_dir, str(step))
+        item = os.path.join(step_dir, "default")
+        try:
+            found = saved_shapes(item)
+        except Exception as e:  # noqa: BLE001 (any failure to read the metadata: a broken checkpoint)
+            broken.append((step_dir, e))
+            continue
+        # Outside the try: a checkpoint of another config is not broken, and must not be moved away.
+        check_fits(expected, found, f"checkpoint {step_dir}")
+        try:
+            with ocp.StandardCheckpointer() as checkpointer:
+                restored = checkpointer.restore(item, abstract)
+        except Exception as e:  # noqa: BLE001 (any failure to read the arrays: a broken checkpoint)
+            broken.append((step_dir, e))
+            continue
+        for path, error in broken:
+            moved = _move_aside(path, os.path.join(workdir, "broken_checkpoints"))
+            log.warning("checkpoint %s is broken (%s); moved it to %s and resuming from step %d instead",
+                        path, first_line(error), moved, step)
+        return restored, step
+    raise ValueError(
+        f"no intact checkpoint in {ckpt_dir}: "
+        + "; ".join(f"{os.path.basename(p)}: {first_line(e)}" for p, e in broken)
+        + " (move the directory away to train from scratch)"
+    )
+
+
+def _move_aside(path: str, parent: str) -> str:
+    """Moves directory ``path`` into ``parent`` under a name not taken yet; returns the new path."""
+    os.makedirs(parent, exist_ok=True)
+    dest = os.path.join(parent, os.path.basename(path))
+    n = 1
+    while os.path.exists(dest):
+        dest, n = os.path.join(parent, f"{os.path.basename(path)}.{n}"), n + 1
+    if jax.process_index() == 0:
+        shutil.move(path, dest)
+    return dest
+
+
+def _check_free_space(workdir: str, state: dict) -> None:
+    """Fails before training when the workdir's disk cannot hold one checkpoint of ``state``."""
+    need = sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in jax.tree_util.tree_leaves(state))
+    free = shutil.disk_usage(workdir).free
+    if free < need:
+        raise OSError(f"--workdir {workdir}: {free / 2**20:.0f} MiB free on its disk, a checkpoint of this train "
+                      f"state needs about {need / 2**20:.0f} MiB")
+
+
+def _check_save(manager: ocp.CheckpointManager, step: int | None, *, block: bool) -> int | None:
+    """Checks the background save of checkpoint ``step`` once it has finished (at once with ``block``):
+    its error is raised as one ``CheckpointSaveError`` naming the step. Returns ``step`` while the save is
+    still running, else None."""
+    if step is None or (not block and manager.is_saving_in_progress()):
+        return step
+    step_dir = os.path.join(str(manager.directory), str(step))
+    try:
+        # The finished save's error comes from wait_until_finished: orbax's own finalize thread has already
+        # taken it from the checkpointer, so check_for_errors alone would miss it.
+        manager.wait_until_finished()
+        manager.check_for_errors()
+    except Exception as e:
+        raise CheckpointSaveError(f"checkpoint step {step}: saving to {step_dir} failed: {first_line(e)}") from e
+    if jax.process_index() == 0 and not os.path.isdir(step_dir):
+        raise CheckpointSaveError(f"checkpoint step {step}: {step_dir} was not written (orbax logged why; "
+                                  "--verbose shows it)")
+    return None
 
 
 def _check_finite(pending: list[tuple[int, dict, list[str]]]) -> dict:
