@@ -15,7 +15,7 @@ import pytest
 
 from stemseg_jax import main
 from stemseg_jax.data.synthetic import generate
-from tests.helpers import REPO, load_config
+from tests.helpers import REPO, load_config, tiny_train_config
 
 
 def _cli(*args, env=None):
@@ -68,20 +68,7 @@ def test_a_bug_keeps_its_traceback(monkeypatch):
         main.run_reporting_errors(load_config("kitti", "tiny"), "/tmp/unused", "evaluate")
 
 
-def _kitti_tiny(data_root: str):
-    """The tiny training run of tests/test_train.py (same shapes: its compiled steps are cached)."""
-    config = load_config("kitti", "tiny")
-    config.data.num_frames = 4
-    config.data.min_dim, config.data.max_dim = 64, 96
-    config.data.max_instances = 4
-    config.data.num_workers = 0
-    config.data.datasets.kitti_mots.root = data_root
-    config.data.datasets.kitti_mots.sequences = ("0000", "0001")
-    config.train.num_steps = 4
-    config.train.decay_start = 2
-    config.train.checkpoint_every = 2
-    config.train.image_summary_every = 0
-    return config
+_kitti_tiny = tiny_train_config
 
 
 @pytest.mark.parametrize("field, value, message", [

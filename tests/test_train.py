@@ -15,7 +15,7 @@ from stemseg_jax.data.synthetic import generate
 from stemseg_jax.losses import prepare_targets
 from stemseg_jax.train.optim import build_optimizer, learning_rate_schedule
 from stemseg_jax.train.trainer import train, update_ema
-from tests.helpers import REPO, load_config
+from tests.helpers import REPO, load_config, tiny_train_config
 
 
 def test_schedule_constant_then_exponential_to_final():
@@ -86,19 +86,7 @@ def test_adamw_matches_decoupled_weight_decay_and_skips_frozen():
         build_optimizer(config.train, {"a": True, "frozen": False})
 
 
-def _tiny_train_config(workdir_data: str):
-    config = load_config("kitti", "tiny")
-    config.data.num_frames = 4
-    config.data.min_dim, config.data.max_dim = 64, 96
-    config.data.max_instances = 4
-    config.data.num_workers = 0
-    config.data.datasets.kitti_mots.root = workdir_data
-    config.data.datasets.kitti_mots.sequences = ("0000", "0001")
-    config.train.num_steps = 4
-    config.train.decay_start = 2
-    config.train.checkpoint_every = 2
-    config.train.image_summary_every = 0
-    return config
+_tiny_train_config = tiny_train_config
 
 
 @pytest.fixture(scope="module")
