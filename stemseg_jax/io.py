@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import numbers
 import os
 import string
 import tempfile
@@ -65,10 +66,13 @@ def read_index_png(path: str) -> np.ndarray:
     (``np.array(Image.open(path))``): the evaluation keeps the toolkit's uint8 semantics."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"missing PNG {path}")
-    with Image.open(path) as img:
-        if img.mode not in ("P", "L", "I", "I;16"):
-            raise ValueError(f"{path}: expected an indexed (P) or single-channel PNG, got mode {img.mode}")
-        return np.array(img)
+    try:
+        with Image.open(path) as img:
+            if img.mode not in ("P", "L", "I", "I;16"):
+                raise ValueError(f"{path}: expected an indexed (P) or single-channel PNG, got mode {img.mode}")
+            return np.array(img)
+    except (OSError, SyntaxError) as e:  # Pillow raises these on truncated / corrupt files
+        raise ValueError(f"{path}: cannot decode PNG (truncated or corrupt?): {e}") from e
 
 
 def image_size(path: str) -> tuple[int, int]:
@@ -81,6 +85,37 @@ def image_size(path: str) -> tuple[int, int]:
     except (OSError, SyntaxError) as e:
         raise ValueError(f"cannot read image header (corrupt?): {path}: {e}") from e
     return h, w
+
+
+def read_text(path: str, where_line: str = "{path}, line {line}") -> str:
+    """A UTF-8 text file's contents; non-UTF-8 bytes are a ``ValueError`` naming the file and the line
+    (``where_line`` formats the place, e.g. ``"{path}:{line}"``)."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].replace(b"\r\n", b"\n").replace(b"\r", b"\n").count(b"\n") + 1
+        where = where_line.format(path=path, line=line)
+        raise ValueError(f"{where}: not UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start})") from None
+    # Newlines translated as text-mode open() does (line numbers unchanged); skipped when there are none.
+    return text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text
+
+
+def read_json(path: str, what: str = "JSON file") -> Any:
+    """A JSON file; non-UTF-8 bytes, malformed JSON or absurd nesting are a ``ValueError`` naming the file."""
+    text = read_text(path, "{path} (line {line})")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{what} {path} is not valid JSON: {e}") from None
+    except RecursionError:
+        raise ValueError(f"{what} {path} is nested too deeply to be read") from None
+
+
+def is_int(value: Any) -> bool:
+    """An integer of JSON / NumPy, not a bool (``True`` is an ``int`` to Python, never an id or a size)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def expand_vars(value: str, field: str) -> str:
@@ -109,44 +144,96 @@ def decode_segmentation(segm: Any, height: int, width: int, where: str) -> np.nd
     ``segm`` may be a compressed RLE dict (``counts`` str/bytes), an uncompressed RLE dict (``counts``
     list of run lengths, as YouTube-VIS ground truth), a bare compressed ``counts`` string (the
     authors' JSONs and KITTI-MOTS txt) or a polygon list. ``where`` names the file/frame/instance for
-    errors; an RLE whose size disagrees with ``(height, width)`` is an error.
+    errors; anything malformed (see ``segmentation_rle``) is a ``ValueError`` naming it.
     """
-    if isinstance(segm, (str, bytes)):
-        rle = {"size": [height, width], "counts": segm}
-    elif isinstance(segm, dict):
-        if "counts" not in segm or "size" not in segm:
-            raise ValueError(f"{where}: RLE dict needs 'size' and 'counts', got keys {sorted(segm)}")
-        size = [int(s) for s in segm["size"]]
-        if size != [height, width]:
-            raise ValueError(f"{where}: RLE size {size} disagrees with the frame size {[height, width]}")
-        rle = segm
-        if isinstance(segm["counts"], list):
-            total = int(np.sum(segm["counts"]))
-            if total != height * width:
-                raise ValueError(f"{where}: uncompressed RLE covers {total} pixels, frame has {height * width}")
-            rle = mask_utils.frPyObjects(segm, height, width)
-    elif isinstance(segm, list):
-        polys = [p for p in segm if len(p) >= 6]
-        if not polys:
-            raise ValueError(f"{where}: polygon list has no polygon with >= 3 points")
-        rle = mask_utils.merge(mask_utils.frPyObjects(polys, height, width))
-    else:
-        raise ValueError(f"{where}: unsupported segmentation type {type(segm).__name__}")
-    if isinstance(rle.get("counts"), str):
-        rle = {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
-    if isinstance(rle.get("counts"), bytes):
-        # pycocotools neither bounds-checks nor validates compressed counts: a mask of another size
-        # decodes into a silently wrong mask, so the run total is checked here.
-        total = compressed_rle_total(rle["counts"])
-        if total != height * width:
-            raise ValueError(f"{where}: RLE covers {total} pixels but the frame has {height}x{width}={height * width}")
+    rle = segmentation_rle(segm, height, width, where)
     try:
         m = mask_utils.decode(rle)
-    except Exception as e:  # pycocotools raises bare exceptions on malformed counts
+    except Exception as e:  # validated above; kept so that a pycocotools surprise still names the place
         raise ValueError(f"{where}: cannot decode RLE: {e}") from e
     if m.shape != (height, width):
         raise ValueError(f"{where}: decoded mask is {m.shape}, frame is {(height, width)}")
     return m.astype(bool)
+
+
+def segmentation_rle(segm: Any, height: int, width: int, where: str) -> dict:
+    """Any COCO-style segmentation (``decode_segmentation``'s forms) as a validated pycocotools RLE."""
+    if isinstance(segm, list):
+        polys = []
+        for k, p in enumerate(segm):
+            if not isinstance(p, list) or not all(isinstance(x, numbers.Real) and not isinstance(x, bool) for x in p):
+                raise ValueError(f"{where}: polygon {k} must be a list of numbers [x0, y0, x1, y1, ...]")
+            xy = np.asarray(p, np.float64)
+            # pycocotools rasterises in int and allocates per pixel of the outline: a coordinate far outside
+            # the frame overflows or exhausts memory, so anything beyond one frame size around it is refused.
+            side = max(height, width)
+            if not np.isfinite(xy).all() or (xy.size and (xy.min() < -side or xy.max() > 2 * side)):
+                raise ValueError(f"{where}: polygon {k} has a coordinate that is not finite or far outside the "
+                                 f"{height}x{width} frame")
+            if len(p) >= 6:
+                polys.append(p)
+        if not polys:
+            raise ValueError(f"{where}: polygon list has no polygon with >= 3 points")
+        return mask_utils.merge(mask_utils.frPyObjects(polys, height, width))
+    if isinstance(segm, (str, bytes, dict)):
+        return checked_rle(segm, height, width, where)
+    raise ValueError(f"{where}: unsupported segmentation type {type(segm).__name__}")
+
+
+def checked_rle(segm: Any, height: int, width: int, where: str) -> dict:
+    """Validates an RLE against the frame size and returns it as pycocotools wants it (bytes ``counts``).
+
+    ``segm`` is a dict ``{size: [h, w], counts}`` or a bare compressed ``counts`` string (size = the frame's).
+    ``size`` must be two non-negative ints equal to ``(height, width)``; ``counts`` a compressed string whose
+    runs add up to ``height * width``, or a list of non-negative ints with that sum. pycocotools checks
+    none of this: a mask of another size decodes into garbage, and merge / iou on it loop for minutes.
+    Every failure is a ``ValueError`` starting with ``where`` and naming the field.
+    """
+    if height < 0 or width < 0 or height * width >= 2**32:  # pycocotools counts runs in uint32
+        raise ValueError(f"{where}: frame size {height}x{width} is negative or too large for a COCO RLE")
+    if isinstance(segm, (str, bytes)):
+        counts = segm
+    elif isinstance(segm, dict):
+        if "counts" not in segm or "size" not in segm:
+            raise ValueError(f"{where}: RLE dict needs 'size' and 'counts', got keys {sorted(map(str, segm))}")
+        size = segm["size"]
+        if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(is_int(s) and s >= 0 for s in size)):
+            raise ValueError(f"{where}: RLE 'size' must be a list of two non-negative integers, got {short_repr(size)}")
+        if [int(s) for s in size] != [height, width]:
+            raise ValueError(f"{where}: RLE size {[int(s) for s in size]} disagrees with the frame size "
+                             f"{[height, width]}")  # fmt: skip
+        counts = segm["counts"]
+    else:
+        raise ValueError(f"{where}: not an RLE dict {{size, counts}} (got {type(segm).__name__})")
+    if isinstance(counts, list):
+        # type() first: JSON gives plain ints, and isinstance(numbers.Integral) costs 10x on long run lists.
+        if not (all(type(c) is int and c >= 0 for c in counts) or all(is_int(c) and c >= 0 for c in counts)):
+            raise ValueError(f"{where}: RLE 'counts' list must hold non-negative integers, got {short_repr(counts)}")
+        total = sum(map(int, counts))  # Python ints: a NumPy int64 sum could wrap
+        if total != height * width:
+            raise ValueError(f"{where}: uncompressed RLE covers {total} pixels, frame has {height * width}")
+        return mask_utils.frPyObjects({"size": [height, width], "counts": counts}, height, width)
+    if isinstance(counts, str):
+        try:
+            counts = counts.encode("ascii")
+        except UnicodeEncodeError:
+            raise ValueError(f"{where}: RLE 'counts' string is not ASCII: {short_repr(counts)}") from None
+    if not isinstance(counts, bytes):
+        raise ValueError(f"{where}: RLE 'counts' must be a string or a list of run lengths, got {short_repr(counts)}")
+    try:
+        total = compressed_rle_total(counts)
+    except ValueError as e:
+        raise ValueError(f"{where}: RLE 'counts' {e}") from None
+    if total != height * width:
+        raise ValueError(f"{where}: RLE 'counts' covers {total} pixels but the frame has "
+                         f"{height}x{width}={height * width}")  # fmt: skip
+    return {"size": [height, width], "counts": counts}
+
+
+def short_repr(value: Any, n: int = 60) -> str:
+    """``repr(value)`` cut to ``n`` characters, for error messages quoting a bad field value."""
+    text = repr(value)
+    return text if len(text) <= n else text[: n - 3] + "..."
 
 
 def compressed_rle_total(counts: bytes) -> int:
@@ -160,22 +247,26 @@ def compressed_rle_total(counts: bytes) -> int:
     if a.size == 0:
         return 0
     if a.min() < 0 or a.max() > 63:
-        raise ValueError("RLE counts string has characters outside the encoding's range")
+        raise ValueError("string has characters outside the encoding's range")
     last = (a & 0x20) == 0
     if not last[-1]:
-        raise ValueError("truncated RLE counts string")
+        raise ValueError("string is truncated")
     starts = np.flatnonzero(np.concatenate([[True], last[:-1]]))
     group = np.cumsum(np.concatenate([[0], last[:-1].astype(np.int64)]))
     k = np.arange(a.size) - starts[group]
     values = np.add.reduceat((a & 0x1F) << (5 * k), starts)
     n_chars = np.diff(np.append(starts, a.size))
+    if n_chars.max() > 12:  # beyond 60 bits the shifts overflow (here and in pycocotools); no encoder writes that
+        raise ValueError("string has a run of more than 12 characters")
     negative = (a[last] & 0x10) != 0
     values = values - (negative.astype(np.int64) << (5 * n_chars))
     runs = values.copy()
     runs[1::2] = np.cumsum(values[1::2])
     runs[2::2] = np.cumsum(values[2::2])
     if (runs < 0).any():
-        raise ValueError("negative run length in RLE counts string")
+        raise ValueError("string has a negative run length")
+    if (runs >= 2**32).any():  # pycocotools stores runs as uint32; also keeps the int64 sum exact
+        raise ValueError("string has a run length beyond 2**32")
     return int(runs.sum())
 
 

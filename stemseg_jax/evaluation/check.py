@@ -2,20 +2,20 @@
 
 What a user needs before uploading to an evaluation server whose ground truth is private: video ids,
 frame names and counts, mask sizes, categories, RLE validity, the formats' own limits. Each checker
-returns a list of problems (empty = valid), each naming the file and the frame.
+returns a list of problems (empty = valid), each naming the file and the frame; malformed results (a
+truncated PNG, a non-integer id, an RLE of another mask size) are reported, never a crash or a hang.
 """
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
 from PIL import Image
-from pycocotools import mask as mask_utils
 
-from stemseg_jax.evaluation import davis, kitti_mots
+from stemseg_jax.evaluation import davis, kitti_mots, ytvis
 from stemseg_jax.evaluation.writers import KITTI_CAR, KITTI_PEDESTRIAN, MAX_DAVIS_PROPOSALS
+from stemseg_jax.io import image_size, read_json
 
 
 def check_davis(gt_root: str, results_dir: str, split: str = "val", sequences=None) -> list[str]:
@@ -34,8 +34,11 @@ def check_davis(gt_root: str, results_dir: str, split: str = "val", sequences=No
         if not first:
             problems.append(f"{gt_root}: no annotations or frames for sequence {seq}")
             continue
-        with Image.open(first) as im:
-            w, h = im.size
+        try:
+            h, w = image_size(first)
+        except ValueError as err:
+            problems.append(f"{first}: cannot read the PNG header (corrupt?) of sequence {seq}: {err}")
+            continue
         folder = os.path.join(results_dir, seq)
         if not os.path.isdir(folder):
             problems.append(f"{folder}: missing result folder for sequence {seq}")
@@ -48,74 +51,40 @@ def check_davis(gt_root: str, results_dir: str, split: str = "val", sequences=No
             if not os.path.isfile(path):
                 problems.append(f"{path}: missing result frame {n}")
                 continue
-            with Image.open(path) as im:
-                if im.mode not in ("P", "L"):
-                    problems.append(f"{path}: PNG mode {im.mode}, expected indexed (P) or L (frame {n})")
-                    continue
-                if im.size != (w, h):
-                    problems.append(f"{path}: size {im.size[1]}x{im.size[0]}, ground truth {h}x{w} (frame {n})")
-                    continue
-                top = int(np.asarray(im).max())
+            try:
+                with Image.open(path) as im:
+                    if im.mode not in ("P", "L"):
+                        problems.append(f"{path}: PNG mode {im.mode}, expected indexed (P) or L (frame {n})")
+                        continue
+                    if im.size != (w, h):
+                        problems.append(f"{path}: size {im.size[1]}x{im.size[0]}, ground truth {h}x{w} (frame {n})")
+                        continue
+                    top = int(np.asarray(im).max())
+            except (OSError, SyntaxError) as err:  # Pillow's errors on truncated / corrupt files
+                problems.append(f"{path}: cannot decode PNG (truncated or corrupt?) (frame {n}): {err}")
+                continue
             if top > MAX_DAVIS_PROPOSALS:
                 problems.append(f"{path}: proposal id {top} > {MAX_DAVIS_PROPOSALS} (frame {n})")
     return problems
 
 
-def _rle_problem(seg, h: int, w: int) -> str | None:
-    if not isinstance(seg, dict) or "size" not in seg or "counts" not in seg:
-        return "not an RLE dict {size, counts}"
-    if [int(s) for s in seg["size"]] != [h, w]:
-        return f"mask size {list(seg['size'])}, video is {[h, w]}"
-    if not isinstance(seg["counts"], str):
-        return "counts must be a compressed RLE string"
-    try:
-        m = mask_utils.decode({"size": [h, w], "counts": seg["counts"].encode("ascii")})
-    except Exception as err:  # pycocotools raises assorted errors on corrupt strings
-        return f"RLE does not decode ({err})"
-    if m.shape != (h, w):
-        return "RLE decodes to the wrong size"
-    return None
-
-
 def check_ytvis(gt_json, results_json) -> list[str]:
     """Needs only the GT ``videos`` and ``categories`` (the public val JSON without annotations suffices)."""
-    gt = json.load(open(gt_json)) if isinstance(gt_json, str) else gt_json
+    gt_src = gt_json if isinstance(gt_json, str) else "<ground truth>"
+    videos, cats = ytvis.gt_metadata(read_json(gt_json, "ground truth") if isinstance(gt_json, str) else gt_json,
+                                     gt_src)  # fmt: skip
     name = results_json if isinstance(results_json, str) else "<results>"
     try:
-        res = json.load(open(results_json)) if isinstance(results_json, str) else results_json
-    except (OSError, json.JSONDecodeError) as err:
+        res = read_json(results_json, "results") if isinstance(results_json, str) else results_json
+    except (OSError, ValueError) as err:
         return [f"{name}: cannot read results ({err})"]
     if not isinstance(res, list):
         return [f"{name}: expected a JSON list"]
     if not res:
         return [f"{name}: no results (the official loadRes fails on an empty list)"]
-    videos = {int(v["id"]): v for v in gt["videos"]}
-    cats = {int(c["id"]) for c in gt["categories"]}
     problems = []
     for i, r in enumerate(res):
-        missing = {"video_id", "category_id", "score", "segmentations"} - set(r)
-        if missing:
-            problems.append(f"{name}: result {i} lacks {sorted(missing)}")
-            continue
-        vid = int(r["video_id"])
-        if vid not in videos:
-            problems.append(f"{name}: result {i} is for unknown video {vid}")
-            continue
-        if int(r["category_id"]) not in cats:
-            problems.append(f"{name}: result {i} (video {vid}) has unknown category {r['category_id']}")
-        if not isinstance(r["score"], (int, float)) or not np.isfinite(r["score"]):
-            problems.append(f"{name}: result {i} (video {vid}) has a non-numeric score")
-        v = videos[vid]
-        length = v.get("length", len(v.get("file_names", [])))
-        if len(r["segmentations"]) != length:
-            problems.append(f"{name}: result {i} (video {vid}) has {len(r['segmentations'])} frames, "
-                            f"the video has {length}")
-        for t, seg in enumerate(r["segmentations"]):
-            if seg is None:
-                continue
-            why = _rle_problem(seg, int(v["height"]), int(v["width"]))
-            if why:
-                problems.append(f"{name}: result {i} (video {vid}), frame {t}: {why}")
+        problems += ytvis.result_problems(i, r, videos, cats, name, compressed_only=True)[0]
     return problems
 
 
@@ -128,9 +97,15 @@ def check_kitti_mots(gt_root: str, results_dir: str, sequences=None, seqmap: str
         img_dir = kitti_mots.image_dir(gt_root, seq)
         sizes = None
         if img_dir is not None:
-            first = sorted(os.listdir(img_dir))[0]
-            with Image.open(os.path.join(img_dir, first)) as im:
-                size = (im.size[1], im.size[0])
+            names = sorted(n for n in os.listdir(img_dir) if n.lower().endswith((".png", ".jpg")))
+            if not names:
+                problems.append(f"{img_dir}: no frames of sequence {seq}")
+                continue
+            try:
+                size = image_size(os.path.join(img_dir, names[0]))
+            except ValueError as err:
+                problems.append(str(err))
+                continue
             sizes = {f: size for f in range(last + 1)}
         try:
             kitti_mots.load_txt(path, (KITTI_CAR, KITTI_PEDESTRIAN), max_frame=last, size=sizes if sizes else {})

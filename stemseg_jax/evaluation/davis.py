@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from stemseg_jax.io import read_index_png
+from stemseg_jax.io import read_index_png, read_text
 
 MAX_PROPOSALS = 20
 BOUND_TH = 0.008
@@ -244,8 +244,7 @@ def list_sequences(gt_root: str, split: str = "val") -> list[str]:
     path = os.path.join(gt_root, "ImageSets", year, f"{split}.txt")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"DAVIS image set list not found: {path}")
-    with open(path) as fh:
-        return [line.strip() for line in fh if line.strip()]
+    return [line.strip() for line in read_text(path).split("\n") if line.strip()]
 
 
 def gt_frame_names(gt_root: str, seq: str) -> list[str]:

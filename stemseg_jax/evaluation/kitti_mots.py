@@ -22,7 +22,7 @@ from pycocotools import mask as mask_utils
 from scipy.optimize import linear_sum_assignment
 
 from stemseg_jax.evaluation.writers import KITTI_CAR, KITTI_IGNORE, KITTI_PEDESTRIAN, check_no_overlap
-from stemseg_jax.io import parse_mots_line
+from stemseg_jax.io import checked_rle, parse_mots_line, read_text
 
 CLASSES = {"car": KITTI_CAR, "pedestrian": KITTI_PEDESTRIAN}
 VAL_SEQUENCES = ["0002", "0006", "0007", "0008", "0010", "0013", "0014", "0016", "0018"]
@@ -38,29 +38,30 @@ _EPS = np.finfo("float").eps
 def load_txt(path: str, allowed_classes, max_frame: int | None = None, size: dict | None = None) -> dict:
     """Reads a MOTS txt file into ``{frame: [(object_id, class_id, rle)]}`` and validates it.
 
-    Raises with the file, line and frame on: malformed lines, a class outside ``allowed_classes``, a frame
-    beyond ``max_frame``, a mask size other than ``size[frame]`` (``size`` is filled from the first mask of
-    a frame when it is a dict), a repeated object id in a frame, overlapping masks in a frame.
+    Raises with the file, line and frame on: malformed lines or RLEs (non-UTF-8 bytes; ``counts`` whose runs
+    do not add up to the header's h * w), a class outside ``allowed_classes``, a frame beyond ``max_frame``, a
+    mask size other than ``size[frame]`` (``size`` is filled from the first mask of a frame when it is a dict),
+    a repeated object id in a frame, overlapping masks in a frame.
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"missing sequence file {path}")
     frames = defaultdict(list)
-    with open(path) as fh:
-        for n, line in enumerate(fh, 1):
-            parsed = parse_mots_line(line, f"{path}, line {n}")
-            if parsed is None:
-                continue
-            frame, obj, cls, h, w, counts = parsed
-            if cls not in allowed_classes:
-                raise ValueError(f"{path}, line {n}, frame {frame}: class {cls} not in {sorted(allowed_classes)}")
-            if frame < 0 or (max_frame is not None and frame > max_frame):
-                raise ValueError(f"{path}, line {n}: frame {frame} outside the sequence's 0..{max_frame}")
-            if size is not None:
-                expected = size.setdefault(frame, (h, w))
-                if (h, w) != tuple(expected):
-                    raise ValueError(f"{path}, line {n}, frame {frame}: mask size {(h, w)} differs from {expected}")
-            rle = {"size": [h, w], "counts": counts.encode("ascii")}
-            frames[frame].append((obj, cls, rle))
+    for n, line in enumerate(read_text(path).split("\n"), 1):
+        parsed = parse_mots_line(line, f"{path}, line {n}")
+        if parsed is None:
+            continue
+        frame, obj, cls, h, w, counts = parsed
+        if cls not in allowed_classes:
+            raise ValueError(f"{path}, line {n}, frame {frame}: class {cls} not in {sorted(allowed_classes)}")
+        if frame < 0 or (max_frame is not None and frame > max_frame):
+            raise ValueError(f"{path}, line {n}: frame {frame} outside the sequence's 0..{max_frame}")
+        if size is not None:
+            expected = size.setdefault(frame, (h, w))
+            if (h, w) != tuple(expected):
+                raise ValueError(f"{path}, line {n}, frame {frame}: mask size {(h, w)} differs from {expected}")
+        # pycocotools' merge / iou loop for minutes on counts of another mask size: checked first.
+        rle = checked_rle(counts, h, w, f"{path}, line {n}, frame {frame}")
+        frames[frame].append((obj, cls, rle))
     for frame, objs in frames.items():
         ids = [o for o, _, _ in objs]
         if len(set(ids)) != len(ids):
@@ -78,14 +79,13 @@ def load_txt(path: str, allowed_classes, max_frame: int | None = None, size: dic
 def read_seqmap(path: str) -> dict[str, int]:
     """``name empty 000000 <last_frame>`` lines -> ``{name: last_frame}``."""
     out = {}
-    with open(path) as fh:
-        for n, line in enumerate(fh, 1):
-            f = line.split()
-            if not f:
-                continue
-            if len(f) < 4:
-                raise ValueError(f"{path}, line {n}: expected 'name empty first last'")
-            out[f[0]] = int(f[3])
+    for n, line in enumerate(read_text(path).split("\n"), 1):
+        f = line.split()
+        if not f:
+            continue
+        if len(f) < 4 or not f[3].isdigit():
+            raise ValueError(f"{path}, line {n}: expected 'name empty first last' (last a frame number)")
+        out[f[0]] = int(f[3])
     return out
 
 

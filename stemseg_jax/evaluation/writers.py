@@ -22,11 +22,15 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from stemseg_jax.io import (
+    checked_rle,
     encode_rle,
     encode_rles,
     format_mots_line,
+    is_int,
     parse_mots_line,
+    read_text,
     rle_areas,
+    short_repr,
     to_coco_rle,
     write_bytes,
     write_indexed_png,
@@ -155,7 +159,7 @@ def _kitti_lines(seq_label: str, detections) -> list[str]:
     lines = []
     for frame in sorted(per_frame):
         dets = per_frame[frame]
-        rles = [to_coco_rle(m if isinstance(m, dict) else encode_rle(m)) for _, _, m in dets]
+        rles = [_detection_rle(m, f"{seq_label}, frame {frame}") for _, _, m in dets]
         sizes = {tuple(int(s) for s in r["size"]) for r in rles}
         if len(sizes) > 1:
             raise ValueError(f"{seq_label}, frame {frame}: masks of different sizes {sorted(sizes)}")
@@ -166,6 +170,17 @@ def _kitti_lines(seq_label: str, detections) -> list[str]:
         for (_, class_id, _), oid, rle in zip(dets, object_ids, rles):
             lines.append(format_mots_line(frame, oid, class_id, rle))
     return lines
+
+
+def _detection_rle(mask, where: str) -> dict:
+    """A detection's mask (``[H, W]`` bool, or an RLE dict checked against its own ``size``) as a pycocotools RLE:
+    a malformed RLE dict would make the overlap check loop in pycocotools."""
+    if not isinstance(mask, dict):
+        return to_coco_rle(encode_rle(mask))  # our own encoder: valid by construction
+    size = mask.get("size")
+    if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(is_int(s) and s >= 0 for s in size)):
+        raise ValueError(f"{where}: RLE 'size' must be a list of two non-negative integers, got {short_repr(size)}")
+    return checked_rle(mask, int(size[0]), int(size[1]), where)
 
 
 def check_no_overlap(rles: list[dict], where: str) -> None:
@@ -219,7 +234,8 @@ def kitti_mots_postprocess(lines: Sequence[str], params: dict | None = None, are
         if parsed is None:
             continue
         frame, obj, cls, h, w, counts = parsed
-        dets.append((frame, obj, cls, {"size": [h, w], "counts": counts.encode("ascii")}, line.strip()))
+        # Checked before pycocotools' area / toBbox, which run past the mask on counts of another size.
+        dets.append((frame, obj, cls, checked_rle(counts, h, w, f"{where}, line {n}"), line.strip()))
     if not dets:
         return []
     areas = rle_areas([d[3] for d in dets])
@@ -255,7 +271,6 @@ def postprocess_kitti_mots_dir(
     names = sorted(n for n in os.listdir(results_dir) if len(n) == 8 and n.endswith(".txt") and n[:4].isdigit())
     for name in names:
         path = os.path.join(results_dir, name)
-        with open(path) as fh:
-            kept = kitti_mots_postprocess(fh.read().splitlines(), params, area_scale, where=path)
+        kept = kitti_mots_postprocess(read_text(path).splitlines(), params, area_scale, where=path)
         write_text(os.path.join(out_dir, name), "".join(line + "\n" for line in kept))
     return out_dir

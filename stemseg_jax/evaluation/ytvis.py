@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
+import math
+import numbers
 import os
 import time
 
@@ -19,7 +20,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.cocoeval import COCOeval
 
-from stemseg_jax.io import rle_areas, to_coco_rle
+from stemseg_jax.io import checked_rle, is_int, read_json, rle_areas, segmentation_rle, short_repr
 
 # ytvoseval's area ranges (on the mean per-frame area), not COCO's 32^2 / 96^2.
 AREA_RANGES = [[0**2, 1e5**2], [0**2, 128**2], [128**2, 256**2], [256**2, 1e5**2]]
@@ -30,12 +31,44 @@ def _load_json(obj, what: str):
     if isinstance(obj, (str, os.PathLike)):
         if not os.path.isfile(obj):
             raise FileNotFoundError(f"YouTube-VIS {what} file not found: {obj}")
-        with open(obj) as fh:
-            try:
-                return json.load(fh)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{obj}: not valid JSON ({err})") from err
+        return read_json(str(obj), f"YouTube-VIS {what} file")
     return obj
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def gt_metadata(data, src: str) -> tuple[dict, dict]:
+    """``({video id: {height, width, length, name}}, {category id: name})`` of a GT dict, every field checked
+    (a ``ValueError`` naming ``src``, the entry and the field). Annotations are not needed."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{src}: expected a JSON object with 'videos' and 'categories'")
+    for key in ("videos", "categories"):
+        if not isinstance(data.get(key), list):
+            raise ValueError(f"{src}: missing field {key!r}" if key not in data else f"{src}: {key!r} must be a list")
+    videos = {}
+    for k, v in enumerate(data["videos"]):
+        where = f"{src}: videos[{k}]"
+        if not isinstance(v, dict) or not all(key in v for key in ("id", "height", "width")):
+            raise ValueError(f"{where}: expected an object with 'id', 'height' and 'width'")
+        names = v.get("file_names")
+        if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+            raise ValueError(f"{where}: 'file_names' must be a list of names")
+        length = v.get("length", len(names or []))
+        for key, value, lo in (("id", v["id"], None), ("height", v["height"], 1), ("width", v["width"], 1),
+                               ("length", length, 0)):  # fmt: skip
+            if not is_int(value) or (lo is not None and value < lo):
+                bound = f" >= {lo}" if lo is not None else ""
+                raise ValueError(f"{where}: {key!r} must be an integer{bound}, got {short_repr(value)}")
+        videos[int(v["id"])] = {"height": int(v["height"]), "width": int(v["width"]), "length": int(length),
+                                "name": os.path.dirname(names[0]) if names else str(v["id"])}
+    categories = {}
+    for k, c in enumerate(data["categories"]):
+        if not isinstance(c, dict) or not is_int(c.get("id")):
+            raise ValueError(f"{src}: categories[{k}]: expected an object with an integer 'id'")
+        categories[int(c["id"])] = c.get("name", str(c["id"]))
+    return videos, categories
 
 
 def _avg_area(areas) -> float:
@@ -51,37 +84,45 @@ def load_gt(gt_json) -> dict:
     """
     src = gt_json if isinstance(gt_json, str) else "<ground truth>"
     data = _load_json(gt_json, "ground truth")
-    for key in ("videos", "annotations", "categories"):
-        if key not in data:
-            raise ValueError(f"{src}: missing field {key!r}")
-    videos = {}
-    for v in data["videos"]:
-        length = v.get("length", len(v.get("file_names", [])))
-        videos[int(v["id"])] = {"height": int(v["height"]), "width": int(v["width"]), "length": int(length),
-                                "name": os.path.dirname(v["file_names"][0]) if v.get("file_names") else str(v["id"])}
+    if isinstance(data, dict) and "annotations" not in data:
+        raise ValueError(f"{src}: missing field 'annotations'")
+    videos, categories = gt_metadata(data, src)
+    if not isinstance(data["annotations"], list):
+        raise ValueError(f"{src}: 'annotations' must be a list")
     tracks = []
-    for a in data["annotations"]:
+    for k, a in enumerate(data["annotations"]):
+        if not isinstance(a, dict) or not all(key in a for key in ("id", "video_id", "category_id", "segmentations")):
+            raise ValueError(f"{src}: annotations[{k}]: expected an object with 'id', 'video_id', 'category_id' "
+                             "and 'segmentations'")  # fmt: skip
+        if not is_int(a["id"]):
+            raise ValueError(f"{src}: annotations[{k}]: 'id' must be an integer, got {short_repr(a['id'])}")
+        where = f"{src}: annotation {a['id']}"
+        for key in ("video_id", "category_id"):
+            if not is_int(a[key]):
+                raise ValueError(f"{where}: {key!r} must be an integer, got {short_repr(a[key])}")
         vid = int(a["video_id"])
         if vid not in videos:
             raise ValueError(f"{src}: annotation {a.get('id')} refers to unknown video {vid}")
+        where = f"{where} (video {vid})"
+        crowd = a.get("iscrowd", 0)
+        if not ((isinstance(crowd, bool) or is_int(crowd)) and crowd in (0, 1)):
+            raise ValueError(f"{where}: 'iscrowd' must be true, false, 0 or 1, got {short_repr(crowd)}")
+        if not isinstance(a["segmentations"], list):
+            raise ValueError(f"{where}: 'segmentations' must be a list (one per frame)")
         h, w = videos[vid]["height"], videos[vid]["width"]
-        rles = []
-        for seg in a["segmentations"]:
-            if not seg:
-                rles.append(None)
-            elif isinstance(seg, list):  # polygons
-                rles.append(mask_utils.merge(mask_utils.frPyObjects(seg, h, w)))
-            else:
-                rles.append(to_coco_rle(seg))
+        # Polygons, uncompressed or compressed RLE, or null; every RLE checked before pycocotools sees it.
+        rles = [segmentation_rle(seg, h, w, f"{where}, frame {t}") if seg else None
+                for t, seg in enumerate(a["segmentations"])]  # fmt: skip
         areas = a.get("areas")
         if areas is None:
             areas = [int(mask_utils.area(r)) if r is not None else None for r in rles]
+        elif not isinstance(areas, list) or not all(x is None or (_is_number(x) and x >= 0) for x in areas):
+            raise ValueError(f"{where}: 'areas' must be a list of non-negative numbers or nulls")
         tracks.append({
             "id": int(a["id"]), "image_id": vid, "category_id": int(a["category_id"]),
-            "iscrowd": int(a.get("iscrowd", 0)), "area": _avg_area(areas), "rles": rles,
+            "iscrowd": int(crowd), "area": _avg_area(areas), "rles": rles,
         })
-    return {"videos": videos, "categories": {int(c["id"]): c.get("name", str(c["id"])) for c in data["categories"]},
-            "tracks": tracks, "source": src}
+    return {"videos": videos, "categories": categories, "tracks": tracks, "source": src}
 
 
 def load_results(results_json, gt: dict) -> list[dict]:
@@ -92,33 +133,71 @@ def load_results(results_json, gt: dict) -> list[dict]:
         raise ValueError(f"{src}: expected a JSON list of results")
     out = []
     for i, r in enumerate(data):
-        for key in ("video_id", "category_id", "score", "segmentations"):
-            if key not in r:
-                raise ValueError(f"{src}: result {i} lacks {key!r}")
-        vid = int(r["video_id"])
-        if vid not in gt["videos"]:
-            raise ValueError(f"{src}: result {i} is for unknown video {vid}")
-        if int(r["category_id"]) not in gt["categories"]:
-            raise ValueError(f"{src}: result {i} (video {vid}) has unknown category {r['category_id']}")
-        v = gt["videos"][vid]
-        segs = r["segmentations"]
-        if len(segs) != v["length"]:
-            raise ValueError(f"{src}: result {i} (video {vid}) has {len(segs)} frames, the video has {v['length']}")
-        rles = []
-        for t, seg in enumerate(segs):
-            if seg is None:
-                rles.append(None)
-                continue
-            if not isinstance(seg, dict) or "size" not in seg or "counts" not in seg:
-                raise ValueError(f"{src}: result {i} (video {vid}), frame {t}: not an RLE dict")
-            if [int(s) for s in seg["size"]] != [v["height"], v["width"]]:
-                raise ValueError(f"{src}: result {i} (video {vid}), frame {t}: mask size {seg['size']} "
-                                 f"differs from the video's {[v['height'], v['width']]}")
-            rles.append(to_coco_rle(seg))
+        problems, rles = result_problems(i, r, gt["videos"], gt["categories"], src)
+        if problems:
+            raise ValueError(problems[0])
         areas = _rle_areas(rles)
-        out.append({"id": i + 1, "image_id": vid, "category_id": int(r["category_id"]), "score": float(r["score"]),
-                    "iscrowd": 0, "area": _avg_area(areas), "rles": rles})
+        out.append({"id": i + 1, "image_id": int(r["video_id"]), "category_id": int(r["category_id"]),
+                    "score": float(r["score"]), "iscrowd": 0, "area": _avg_area(areas), "rles": rles})
     return out
+
+
+def result_problems(i: int, r, videos: dict, categories, src: str, compressed_only: bool = False):
+    """``(problems, rles)`` of result ``i``: what is wrong with it (empty = valid; each names ``src``, the result,
+    the video, the frame and the field) and its per-frame pycocotools RLEs (``None`` for an absent frame).
+
+    Shared by scoring (which stops at the first problem) and ``--check`` (which lists them all;
+    ``compressed_only``: the server takes compressed ``counts`` strings only). Every RLE's size and run total
+    are checked here: pycocotools would loop for minutes on one that covers more pixels than its frame, and
+    score a smaller mask's RLE with the right ``size`` as a silently wrong mask.
+    """
+    where = f"{src}: result {i}"
+    if not isinstance(r, dict):
+        return [f"{where}: not a JSON object"], None
+    missing = {"video_id", "category_id", "score", "segmentations"} - set(r)
+    if missing:
+        return [f"{where} lacks {sorted(missing)}"], None
+    if not is_int(r["video_id"]):
+        return [f"{where}: 'video_id' must be an integer, got {short_repr(r['video_id'])}"], None
+    vid = int(r["video_id"])
+    if vid not in videos:
+        return [f"{where} is for unknown video {vid}"], None
+    where = f"{where} (video {vid})"
+    problems = []
+    if not is_int(r["category_id"]):
+        problems.append(f"{where}: 'category_id' must be an integer, got {short_repr(r['category_id'])}")
+    elif int(r["category_id"]) not in categories:
+        problems.append(f"{where} has unknown category {r['category_id']}")
+    if not _is_number(r["score"]):
+        problems.append(f"{where}: 'score' must be a finite number, got {short_repr(r['score'])}")
+    segs = r["segmentations"]
+    if not isinstance(segs, list):
+        problems.append(f"{where}: 'segmentations' must be a list (one RLE or null per frame), got {short_repr(segs)}")
+        return problems, None
+    v = videos[vid]
+    if len(segs) != v["length"]:
+        problems.append(f"{where} has {len(segs)} frames, the video has {v['length']}")
+    h, w = v["height"], v["width"]
+    rles = []
+    for t, seg in enumerate(segs):
+        if seg is None:
+            rles.append(None)
+            continue
+        at = f"{where}, frame {t}"
+        if not isinstance(seg, dict) or "size" not in seg or "counts" not in seg:
+            problems.append(f"{at}: not an RLE dict {{size, counts}}")
+        elif isinstance(seg["size"], list) and all(is_int(x) for x in seg["size"]) and seg["size"] != [h, w]:
+            problems.append(f"{at}: mask size {seg['size']} differs from the video's {[h, w]}")
+        elif compressed_only and not isinstance(seg["counts"], str):
+            problems.append(f"{at}: counts must be a compressed RLE string")
+        else:
+            try:
+                rles.append(checked_rle(seg, h, w, at))
+                continue
+            except ValueError as err:
+                problems.append(str(err))
+        rles.append(None)
+    return problems, rles
 
 
 def _rle_areas(rles: list) -> list:

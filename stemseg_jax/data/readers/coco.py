@@ -12,8 +12,10 @@ messages). Images left without instances after the category map are skipped (log
 from __future__ import annotations
 
 import logging
+import math
 import os
 
+from stemseg_jax import io
 from stemseg_jax.data import categories as cats
 from stemseg_jax.data.readers import common
 from stemseg_jax.data.records import VideoRecord
@@ -40,26 +42,41 @@ def read(ds_cfg, field: str = "dataset") -> list[VideoRecord]:
         else common.first_existing(root, [split, f"images/{split}"], "COCO image folder", f"{field}.images")
     )
     data = common.load_json(ann_path, "COCO annotation file")
-    if not isinstance(data, dict) or "images" not in data or "annotations" not in data:
-        raise ValueError(f"COCO annotation file {ann_path} needs 'images' and 'annotations'")
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list) or not isinstance(
+        data.get("annotations"), list
+    ):
+        raise ValueError(f"COCO annotation file {ann_path} needs 'images' and 'annotations' (lists)")
     cmap = cats.resolve_category_map(common.cfg_get(ds_cfg, "category_map", None), f"{field}.category_map")
     if common.cfg_get(ds_cfg, "class_agnostic", False):
-        cmap = cats.class_agnostic(cmap, [c["id"] for c in data.get("categories", [])])
+        cmap = cats.class_agnostic(cmap, common.category_ids(data, ann_path))
     keep_empty = bool(common.cfg_get(ds_cfg, "keep_empty", False))
     min_area = float(common.cfg_get(ds_cfg, "min_area", 0.0))
 
     per_image: dict = {}
     images = {}
     for k, im in enumerate(data["images"]):
+        if not isinstance(im, dict):
+            raise ValueError(f"{ann_path}: images[{k}] must be an object, got {type(im).__name__}")
         for key in ("id", "file_name", "height", "width"):
             if key not in im:
                 raise ValueError(f"{ann_path}: images[{k}] has no {key!r}")
-        images[im["id"]] = im
-        per_image[im["id"]] = []
+        image_id = common.require_int(im["id"], f"{ann_path}: images[{k}]", "id", 0, common.MAX_ID)
+        if image_id in images:
+            raise ValueError(f"{ann_path}: images[{k}]: image id {image_id} appears twice")
+        where = f"{ann_path}: images[{k}] (id {image_id})"
+        if not isinstance(im["file_name"], str) or not im["file_name"] or "\0" in im["file_name"]:
+            raise ValueError(f"{where}: 'file_name' must be a file name")
+        common.require_int(im["height"], where, "height", 1, common.MAX_FRAME_SIDE)
+        common.require_int(im["width"], where, "width", 1, common.MAX_FRAME_SIDE)
+        images[image_id] = im
+        per_image[image_id] = []
     for k, a in enumerate(data["annotations"]):
-        if a.get("image_id") not in images:
-            raise ValueError(f"{ann_path}: annotation {a.get('id', k)} refers to unknown image_id {a.get('image_id')}")
-        per_image[a["image_id"]].append(a)
+        if not isinstance(a, dict):
+            raise ValueError(f"{ann_path}: annotations[{k}] must be an object, got {type(a).__name__}")
+        image_id = a.get("image_id")
+        if not io.is_int(image_id) or image_id not in images:
+            raise ValueError(f"{ann_path}: annotation {a.get('id', k)} refers to unknown image_id {image_id!r}")
+        per_image[image_id].append(a)
 
     records, skipped = [], 0
     for image_id, im in images.items():
@@ -70,10 +87,16 @@ def read(ds_cfg, field: str = "dataset") -> list[VideoRecord]:
             where = f"{ann_path} (image {image_id}, annotation {a.get('id')})"
             if "segmentation" not in a:
                 raise ValueError(f"{where}: no 'segmentation'")
-            cat = cats.apply_category(cmap, int(a.get("category_id", 1)), where)
-            if a.get("iscrowd", 0) or cat == cats.IGNORE:
+            if "category_id" not in a:  # never a default: a missing id silently became category 1
+                raise ValueError(f"{where}: has no 'category_id'")
+            # Positive: the source ids 0 / -1 would silently mean "drop" / "ignore" (categories.DROP / IGNORE).
+            cat = cats.apply_category(cmap, common.require_int(a["category_id"], where, "category_id", 1), where)
+            area = a.get("area", 1.0)
+            if not (isinstance(area, (int, float)) and not isinstance(area, bool) and math.isfinite(area)):
+                raise ValueError(f"{where}: 'area' must be a finite number, got {io.short_repr(area)}")
+            if common.iscrowd_flag(a, where) or cat == cats.IGNORE:
                 ignore.append(a["segmentation"])
-            elif cat != cats.DROP and float(a.get("area", 1.0)) >= min_area:
+            elif cat != cats.DROP and area >= min_area:
                 iid = len(instances) + 1
                 instances[iid] = a["segmentation"]
                 categories[iid] = cat

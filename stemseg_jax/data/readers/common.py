@@ -22,6 +22,8 @@ from stemseg_jax import io
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+MAX_FRAME_SIDE = 16384  # no frame is larger: a bigger JSON height / width is a corrupt field (and a huge allocation)
+MAX_ID = 2**63 - 1  # ids travel as int64 (tfds source, batches)
 INDEX_THREADS = 4  # threads of ``map_files``' label-PNG scan
 
 
@@ -262,11 +264,40 @@ def load_json(path: str, what: str) -> Any:
         raise FileNotFoundError(f"{what} not found: {path}")
     if os.path.getsize(path) == 0:
         raise ValueError(f"{what} {path} is empty")
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{what} {path} is not valid JSON: {e}") from e
+    return io.read_json(path, what)
+
+
+def require_int(value: Any, where: str, field: str, lo: int | None = None, hi: int | None = None) -> int:
+    """``value`` as an int if it is one (not a bool, float or numeric string) within ``lo..hi``; else a
+    ``ValueError`` naming ``where`` and ``field``. A string id that ``int()`` would accept is refused: it
+    means the file was written by something else than the format's tools."""
+    if not io.is_int(value) or (lo is not None and value < lo) or (hi is not None and value > hi):
+        bounds = f" in {lo}..{hi}" if lo is not None and hi is not None and hi < 2**31 else ""
+        bounds = bounds or (f" >= {lo}" if lo is not None else "")
+        raise ValueError(f"{where}: {field!r} must be an integer{bounds}, got {io.short_repr(value)}")
+    return int(value)
+
+
+def category_ids(data: dict, ann_path: str) -> list[int]:
+    """The ``categories[*].id`` of a COCO-style JSON (for ``class_agnostic``), each checked."""
+    categories = data.get("categories", [])
+    if not isinstance(categories, list):
+        raise ValueError(f"{ann_path}: 'categories' must be a list, got {type(categories).__name__}")
+    ids = []
+    for k, c in enumerate(categories):
+        if not isinstance(c, dict) or "id" not in c:
+            raise ValueError(f"{ann_path}: categories[{k}] must be an object with an 'id'")
+        ids.append(require_int(c["id"], f"{ann_path}: categories[{k}]", "id", 1, MAX_ID))
+    return ids
+
+
+def iscrowd_flag(annotation: dict, where: str) -> bool:
+    """An annotation's ``iscrowd`` (default false). Only booleans and 0/1: a truthy ``"no"`` or ``2`` would
+    silently turn an instance into an ignore region."""
+    crowd = annotation.get("iscrowd", 0)
+    if not ((isinstance(crowd, bool) or io.is_int(crowd)) and crowd in (0, 1)):
+        raise ValueError(f"{where}: 'iscrowd' must be true, false, 0 or 1, got {io.short_repr(crowd)}")
+    return bool(crowd)
 
 
 def sequence_filter(ds_cfg) -> set[str] | None:

@@ -59,6 +59,9 @@ def read(ds_cfg, field: str = "dataset") -> list[VideoRecord]:
     cat_spec = common.cfg_get(ds_cfg, "instance_categories", None)
     if isinstance(cat_spec, str) and cat_spec:
         cat_spec = common.load_json(common.resolve_under(root, cat_spec, f"{field}.instance_categories"), "categories")
+    if cat_spec and not hasattr(cat_spec, "get"):
+        raise ValueError(f"{field}.instance_categories: expected {{sequence: {{instance id: category}}}}, "
+                         f"got {type(cat_spec).__name__}")  # fmt: skip
 
     per_seq = []
     all_pngs = []
@@ -89,13 +92,17 @@ def read(ds_cfg, field: str = "dataset") -> list[VideoRecord]:
         frame_instances = tuple(frozenset(present[p]) if p else frozenset() for p in pngs)
         ids = sorted(set().union(*frame_instances))
         seq_cats = (cat_spec or {}).get(seq, {}) if cat_spec else {}
+        if not hasattr(seq_cats, "get"):
+            raise ValueError(f"{field}.instance_categories: sequence {seq!r} needs {{instance id: category}}, "
+                             f"got {type(seq_cats).__name__}")  # fmt: skip
         categories = {}
         for iid in ids:
             cat = seq_cats.get(str(iid), seq_cats.get(iid, 1 if not cat_spec else None))
             if cat is None:
                 raise ValueError(f"{field}.instance_categories: no category for instance {iid} of sequence {seq!r}")
-            categories[iid] = int(cat)
-        source = seq_ann
+            where = f"{field}.instance_categories (sequence {seq!r}, instance {iid})"
+            categories[iid] = common.require_int(cat, where, "category", 1, common.MAX_ID)
+        source = os.path.join(ann_dir, seq)  # not ``seq_ann``: that is the last sequence's of the loop above
         masks = common.LabelPngMaskSource(pngs, h, w, {VOID: -1}, True, source, seq)
         records.append(VideoRecord(seq, tuple(frames), h, w, categories, frame_instances, masks, False, source))
     return records
@@ -120,8 +127,7 @@ def _sequence_list(ds_cfg, root: str, split: str, ann_dir: str, field: str) -> l
                     f"(use split 'all' for every sequence, or set {field}.imageset / {field}.sequences)"
                 )
             return sorted(d for d in os.listdir(ann_dir) if os.path.isdir(os.path.join(ann_dir, d)))
-    with open(path) as f:
-        seqs = [line.strip() for line in f if line.strip()]
+    seqs = [line.strip() for line in io.read_text(path, "{path}:{line}").split("\n") if line.strip()]
     if not seqs:
         raise ValueError(f"split file {path} is empty")
     return seqs

@@ -108,8 +108,7 @@ def _from_txt(path: str, name: str, frames: list[str]) -> VideoRecord:
     per_frame: list[dict] = [{} for _ in frames]
     ignore: list[list] = [[] for _ in frames]
     categories: dict[int, int] = {}
-    with open(path) as f:
-        lines = f.read().splitlines()
+    lines = io.read_text(path, "{path}:{line}").splitlines()
     if not any(line.strip() for line in lines):
         log.warning("%s: empty annotation file: sequence %r has no objects", path, name)
     for ln, line in enumerate(lines, 1):
@@ -122,6 +121,8 @@ def _from_txt(path: str, name: str, frames: list[str]) -> VideoRecord:
         t = index_of[frame]
         if (mh, mw) != (h, w):
             raise ValueError(f"{where}: mask size {mh}x{mw} disagrees with frame {frame} of size {h}x{w}")
+        # The counts are checked here (run total = h * w), where the line is known, not in a training worker.
+        io.checked_rle(counts, h, w, where)
         rle = {"size": [h, w], "counts": counts}
         if cls == KITTI_IGNORE_CLASS:
             ignore[t].append(rle)
