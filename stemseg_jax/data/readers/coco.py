@@ -55,15 +55,7 @@ def read(ds_cfg, field: str = "dataset") -> list[VideoRecord]:
     per_image: dict = {}
     images = {}
     for k, im in enumerate(data["images"]):
-        if not isinstance(im, dict):
-            raise ValueError(f"{ann_path}: images[{k}] must be an object, got {type(im).__name__}")
-        for key in ("id", "file_name", "height", "width"):
-            if key not in im:
-                raise ValueError(f"{ann_path}: images[{k}] has no {key!r}")
-        image_id = common.require_int(im["id"], f"{ann_path}: images[{k}]", "id", 0, common.MAX_ID)
-        if image_id in images:
-            raise ValueError(f"{ann_path}: images[{k}]: image id {image_id} appears twice")
-        where = f"{ann_path}: images[{k}] (id {image_id})"
+        image_id, where = common.json_record(im, k, "images", ("id", "file_name", "height", "width"), images, ann_path)
         if not isinstance(im["file_name"], str) or not im["file_name"] or "\0" in im["file_name"]:
             raise ValueError(f"{where}: 'file_name' must be a file name")
         common.require_int(im["height"], where, "height", 1, common.MAX_FRAME_SIDE)

@@ -319,3 +319,17 @@ def check_sequences_found(wanted: set[str] | None, found: Sequence[str], field: 
         raise ValueError(f"config field {field}.sequences: none of {missing} found in {source}")
     if missing:
         log.warning("config field %s.sequences: %s not found in %s; skipped", field, missing, source)
+
+
+def json_record(item, k: int, kind: str, keys: tuple[str, ...], seen, path: str) -> tuple[int, str]:
+    """Checks entry ``k`` of a JSON list ``kind`` ("videos", "images"): an object with ``keys`` and a new integer
+    ``id``; returns ``(id, where)``, ``where`` naming the file, the entry and its id for later messages."""
+    if not isinstance(item, dict):
+        raise ValueError(f"{path}: {kind}[{k}] must be an object, got {type(item).__name__}")
+    for key in keys:
+        if key not in item:
+            raise ValueError(f"{path}: {kind}[{k}] has no {key!r}")
+    record_id = require_int(item["id"], f"{path}: {kind}[{k}]", "id", 0, MAX_ID)
+    if record_id in seen:
+        raise ValueError(f"{path}: {kind}[{k}]: {kind[:-1]} id {record_id} appears twice")
+    return record_id, f"{path}: {kind}[{k}] (id {record_id})"

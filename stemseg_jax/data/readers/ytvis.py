@@ -138,15 +138,7 @@ def _videos(data: dict, ann_path: str) -> dict:
         raise ValueError(f"{ann_path}: 'videos' must be a list, got {type(data['videos']).__name__}")
     videos = {}
     for k, v in enumerate(data["videos"]):
-        if not isinstance(v, dict):
-            raise ValueError(f"{ann_path}: videos[{k}] must be an object, got {type(v).__name__}")
-        for key in ("id", "file_names", "height", "width"):
-            if key not in v:
-                raise ValueError(f"{ann_path}: videos[{k}] has no {key!r}")
-        vid = common.require_int(v["id"], f"{ann_path}: videos[{k}]", "id", 0, common.MAX_ID)
-        if vid in videos:
-            raise ValueError(f"{ann_path}: videos[{k}]: video id {vid} appears twice")
-        where = f"{ann_path}: videos[{k}] (id {vid})"
+        vid, where = common.json_record(v, k, "videos", ("id", "file_names", "height", "width"), videos, ann_path)
         names = v["file_names"]
         if not (isinstance(names, list) and names and all(isinstance(f, str) and f and "\0" not in f for f in names)):
             raise ValueError(f"{where}: 'file_names' must be a non-empty list of file names")
