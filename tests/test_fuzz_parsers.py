@@ -150,21 +150,20 @@ def _mutate_txt(raw: bytes, rng: random.Random) -> bytes:
     return b"\n".join(lines)
 
 
-def run_ytvis_fuzz(root: str, n: int, seed: int = 0) -> dict:
-    path = os.path.join(root, "train.json")
+def _run_mutations(path: str, entry: dict, mutants) -> dict:
+    """Writes each ``(label, content)`` of ``mutants(original bytes)`` to ``path``, loads ``entry`` and tallies the
+    outcomes (bare exceptions listed with their label); ``path`` gets its original content back at the end."""
     with open(path, "rb") as f:
         original = f.read()
-    data = json.loads(original)
-    rng = random.Random(seed)
-    counts: dict = {"ok": 0, "clean": 0, "bare": []}
+    counts: dict = {"ok": 0, "clean": 0, "bare": [], "cases": 0}
     try:
-        for _ in range(n):
-            mutated = _mutate_json(data, rng)
+        for label, content in mutants(original):
             with open(path, "wb") as f:
-                f.write(mutated)
-            out = outcome(dict(format="ytvis", root=root, split="train"), path)
+                f.write(content)
+            out = outcome(entry, path)
+            counts["cases"] += 1
             if out.startswith("bare"):
-                counts["bare"].append(out)
+                counts["bare"].append(f"{label}{out}")
             else:
                 counts[out] += 1
     finally:
@@ -173,52 +172,36 @@ def run_ytvis_fuzz(root: str, n: int, seed: int = 0) -> dict:
     return counts
 
 
+def run_ytvis_fuzz(root: str, n: int, seed: int = 0) -> dict:
+    rng = random.Random(seed)
+
+    def mutants(original):
+        data = json.loads(original)
+        return (("", _mutate_json(data, rng)) for _ in range(n))
+
+    return _run_mutations(os.path.join(root, "train.json"), dict(format="ytvis", root=root, split="train"), mutants)
+
+
 def run_ytvis_sweep(root: str) -> dict:
     """Every key of the first video, annotation, segmentation and category (and the top level) x BAD_VALUES."""
-    path = os.path.join(root, "train.json")
-    with open(path, "rb") as f:
-        original = f.read()
-    data = json.loads(original)
-    counts: dict = {"ok": 0, "clean": 0, "bare": [], "cases": 0}
-    try:
-        for key_path in _paths(data, first_only=True):
+
+    def mutants(original):
+        for key_path in _paths(json.loads(original), first_only=True):
             if key_path[0] == "info":
                 continue
             for value in BAD_VALUES:
                 mutated = json.loads(original)
                 _set(mutated, key_path, value)
-                io.write_json(path, mutated)
-                out = outcome(dict(format="ytvis", root=root, split="train"), path)
-                counts["cases"] += 1
-                if out.startswith("bare"):
-                    counts["bare"].append(f"{key_path}={value!r}: {out}")
-                else:
-                    counts[out] += 1
-    finally:
-        with open(path, "wb") as f:
-            f.write(original)
-    return counts
+                yield f"{key_path}={value!r}: ", json.dumps(mutated, separators=(",", ":")).encode()
+
+    return _run_mutations(os.path.join(root, "train.json"), dict(format="ytvis", root=root, split="train"), mutants)
 
 
 def run_kitti_fuzz(root: str, n: int, seed: int = 0) -> dict:
-    path = os.path.join(root, "instances_txt", "0002.txt")
-    with open(path, "rb") as f:
-        original = f.read()
     rng = random.Random(seed)
-    counts: dict = {"ok": 0, "clean": 0, "bare": []}
-    try:
-        for _ in range(n):
-            with open(path, "wb") as f:
-                f.write(_mutate_txt(original, rng))
-            out = outcome(dict(format="kitti_mots", root=root, split="val"), path)
-            if out.startswith("bare"):
-                counts["bare"].append(out)
-            else:
-                counts[out] += 1
-    finally:
-        with open(path, "wb") as f:
-            f.write(original)
-    return counts
+    return _run_mutations(os.path.join(root, "instances_txt", "0002.txt"),
+                          dict(format="kitti_mots", root=root, split="val"),
+                          lambda original: (("", _mutate_txt(original, rng)) for _ in range(n)))
 
 
 def test_fuzz_kitti_mots_txt_gives_only_project_errors(kitti_root):
