@@ -349,10 +349,12 @@ def parse_mots_line(line: str, where: str) -> tuple[int, int, int, int, int, str
 # ------------------------------------------------------------------------------------ atomic writers
 
 
-def _ordinary_mode() -> int:
+def ordinary_mode(directory: bool = False) -> int:
+    """The mode ``open()`` (or ``mkdir`` for a ``directory``) would give a new file under the current umask;
+    ``mkstemp`` / ``mkdtemp`` give 0600 / 0700 instead."""
     mask = os.umask(0)
     os.umask(mask)
-    return 0o666 & ~mask
+    return (0o777 if directory else 0o666) & ~mask
 
 
 def atomic_write(path: str, write: Callable[[str], None]) -> str:
@@ -364,7 +366,7 @@ def atomic_write(path: str, write: Callable[[str], None]) -> str:
     os.close(fd)
     try:
         write(tmp)
-        os.chmod(tmp, _ordinary_mode())
+        os.chmod(tmp, ordinary_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -19,7 +19,7 @@ import numpy as np
 from stemseg_jax.benchmarks import get_benchmark
 from stemseg_jax.benchmarks.base import ScoreOptions
 from stemseg_jax.benchmarks.masks import longest_tracks, paint_frame
-from stemseg_jax.io import image_size, read_image, voc_palette, write_indexed_png, write_json
+from stemseg_jax.io import image_size, ordinary_mode, read_image, voc_palette, write_indexed_png, write_json
 from stemseg_jax.methods import build_method
 
 log = logging.getLogger(__name__)
@@ -84,8 +84,8 @@ class FolderFrames:
             raise FileNotFoundError(f"config.inference.input: no image files ({IMAGE_EXTENSIONS}) in {path}")
         self.hw = image_size(self.files[0])
         for f in self.files[1:]:
-            if image_size(f) != self.hw:
-                raise ValueError(f"config.inference.input: {f} is {image_size(f)[0]}x{image_size(f)[1]}, but the "
+            if (hw := image_size(f)) != self.hw:
+                raise ValueError(f"config.inference.input: {f} is {hw[0]}x{hw[1]}, but the "
                                  f"first frame {os.path.basename(self.files[0])} is {self.hw[0]}x{self.hw[1]}; "
                                  "a video's frames must share one size")
 
@@ -213,15 +213,9 @@ def _replace_dir(new: str, dest: str) -> None:
         os.rmdir(old)
         os.replace(dest, old)
     os.replace(new, dest)
-    os.chmod(dest, 0o777 & ~_umask())
+    os.chmod(dest, ordinary_mode(directory=True))
     if old:
         shutil.rmtree(old, ignore_errors=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _gif_frame(rgb: np.ndarray, max_side: int = 320):
