@@ -101,11 +101,10 @@ def validate(config, mode: str) -> None:
     anything: the benchmark and method names, and for training the config's values, the schedule and the
     optimizer's settings and the dataset roots."""
     from stemseg_jax.benchmarks import get_benchmark
-    from stemseg_jax.methods import METHODS
+    from stemseg_jax.methods import get_method
 
     get_benchmark(config.inference.benchmark)
-    if config.get("method", "stemseg") not in METHODS:
-        raise ValueError(f"config.method={config.method!r}: unknown method; expected one of {sorted(METHODS)}")
+    get_method(config)
     if mode == "train":
         from stemseg_jax.config import check_values
         from stemseg_jax.train.optim import check_settings

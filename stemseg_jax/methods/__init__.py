@@ -29,12 +29,17 @@ METHODS: dict[str, Callable[..., VideoSegmenterLike]] = {
 }
 
 
-def build_method(config, workdir: str | None, class_mode: str | None) -> VideoSegmenterLike:
-    """The segmenter that ``config.method`` names; an unknown name is an error listing the methods."""
+def get_method(config) -> Callable[..., VideoSegmenterLike]:
+    """The builder that ``config.method`` names; an unknown name is an error listing the methods."""
     name = config.get("method", "stemseg")
     if name not in METHODS:
         raise ValueError(f"config.method={name!r}: unknown method; expected one of {sorted(METHODS)}")
-    return METHODS[name](config, workdir, class_mode)
+    return METHODS[name]
 
 
-__all__ = ["METHODS", "VideoSegmenterLike", "build_method"]
+def build_method(config, workdir: str | None, class_mode: str | None) -> VideoSegmenterLike:
+    """The segmenter that ``config.method`` names (``get_method``), built for ``class_mode``."""
+    return get_method(config)(config, workdir, class_mode)
+
+
+__all__ = ["METHODS", "VideoSegmenterLike", "build_method", "get_method"]
