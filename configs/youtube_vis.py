@@ -1,14 +1,22 @@
 """YouTube-VIS 2019 (spec §2.7, §5.1, seed Sec. II).
 
 Variants: official (the official 160k schedule), tiny, demo (train on the synthetic YouTube-VIS-format
-data in $STEMSEG_DEMO_DATA, see tools/demo.sh; use with tiny).
+data in $STEMSEG_DEMO_DATA, see tools/demo.sh; use with tiny), tfds (YouTube-VIS train / valid read through
+tensorflow-datasets from $TFDS_DATA_DIR, packed there by ``tools/prepare_tfds.py --config
+configs/youtube_vis.py --dataset youtube_vis --dataset val_dataset --data-dir $TFDS_DATA_DIR``), local
+(train on one part of the train JSON and score AP on the held-out part, both written to
+$YOUTUBE_VIS_LOCAL by ``tools/split_ytvis.py --json $YOUTUBE_VIS_DIR/train.json --out-dir
+$YOUTUBE_VIS_LOCAL``; the official val ground truth is private).
 """
 
 from stemseg_jax import config as base
 
 
 def get_config(arg=None):
-    variants = base.parse_variants(arg, ("official", "tiny", "demo"))
+    variants = base.parse_variants(arg, ("official", "tiny", "demo", "tfds", "local"))
+    if {"tfds", "local"} <= variants:
+        raise ValueError("config variants tfds and local cannot be combined: pack the local split with "
+                         "tools/prepare_tfds.py and set data.datasets.youtube_vis.split instead")
     c = base.base_config()
     c.name = "youtube_vis"
     m = c.model
@@ -44,6 +52,20 @@ def get_config(arg=None):
     if "tiny" in variants:
         c = base.make_tiny(c)
         c.model.semseg_channels = (32, 32, 32, 32)
+    if "tfds" in variants:
+        # root is the tfds data dir (the reader's data_dir); the packed format's options are set here
+        # because the tfds format does not know them (ytvis duplicates single-instance clips).
+        c.data.datasets.youtube_vis = base.dataset("tfds", "$TFDS_DATA_DIR", "train", 0.60,
+                                                   builder="stemseg_videos", instance_duplication=True)
+        c.data.val_dataset = base.dataset("tfds", "$TFDS_DATA_DIR", "valid", builder="stemseg_videos")
+    if "local" in variants:
+        # Both parts keep the train split's frames (train/JPEGImages); the held-out JSON is also the
+        # ground truth that --mode evaluate scores (Benchmark.ground_truth reads gt_json).
+        c.data.datasets.youtube_vis = base.dataset("ytvis", "$YOUTUBE_VIS_DIR", "train", 0.60,
+                                                   annotations="$YOUTUBE_VIS_LOCAL/train.json")
+        c.data.val_dataset = base.dataset("ytvis", "$YOUTUBE_VIS_DIR", "train",
+                                          annotations="$YOUTUBE_VIS_LOCAL/held_out.json",
+                                          gt_json="$YOUTUBE_VIS_LOCAL/held_out.json")
     if "demo" in variants:
         c.data.datasets = dict(youtube_vis=base.dataset("ytvis", "$STEMSEG_DEMO_DATA", "train", 1.0))
         c.data.val_dataset = base.dataset("ytvis", "$STEMSEG_DEMO_DATA", "valid",

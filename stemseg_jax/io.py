@@ -31,13 +31,39 @@ from pycocotools import mask as mask_utils
 
 
 def read_image(path: str) -> np.ndarray:
-    """Reads an image file as ``[H, W, 3] uint8`` BGR; a clear error naming the path if missing/corrupt."""
+    """Reads an image file as ``[H, W, 3] uint8`` BGR; a clear error naming the path if missing, corrupt or
+    truncated (``cv2.imread`` only warns on a truncated JPEG and fills the missing rows with grey)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"image file not found: {path}")
-    image = cv2.imread(path, cv2.IMREAD_COLOR)
+    data = np.fromfile(path, np.uint8)
+    check_image_complete(data, path)
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if image is None:
         raise ValueError(f"cannot decode image (corrupt or unsupported format): {path}")
     return image
+
+
+def check_image_complete(data: np.ndarray, path: str) -> None:
+    """Raises ``ValueError`` when the JPEG or PNG file ``path`` (its bytes ``data [N] uint8``) is truncated;
+    other formats are not checked. A file ending in its format's end marker (JPEG EOI ``FFD9``, PNG ``IEND``
+    chunk; trailing zero padding allowed) is complete without further work. Otherwise Pillow decodes it,
+    which raises on missing image data, so that legitimate bytes after the marker (some cameras append
+    data) pass."""
+    head = data[:8].tobytes()
+    tail = data[-4096:].tobytes().rstrip(b"\0")
+    if head[:2] == b"\xff\xd8":
+        complete = tail.endswith(b"\xff\xd9")
+    elif head == b"\x89PNG\r\n\x1a\n":
+        complete = tail[-8:-4] == b"IEND"
+    else:
+        return
+    if complete:
+        return
+    try:
+        with Image.open(io.BytesIO(data.tobytes())) as im:
+            im.load()
+    except (OSError, SyntaxError, ValueError) as e:  # Pillow's truncated / corrupt image errors
+        raise ValueError(f"truncated or corrupt image (no end marker; {one_line(e)}): {path}") from e
 
 
 def read_label_png(path: str) -> np.ndarray:
@@ -228,6 +254,11 @@ def checked_rle(segm: Any, height: int, width: int, where: str) -> dict:
         raise ValueError(f"{where}: RLE 'counts' covers {total} pixels but the frame has "
                          f"{height}x{width}={height * width}")  # fmt: skip
     return {"size": [height, width], "counts": counts}
+
+
+def one_line(error: BaseException) -> str:
+    """The error's message on one line (a library's message may span several), or its type's name."""
+    return " ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
 
 
 def short_repr(value: Any, n: int = 60) -> str:

@@ -124,11 +124,16 @@ def run(config, workdir: str | None, mode: str) -> int:
         return 0
     if not workdir:
         raise app.UsageError(f"--workdir is required for --mode {mode}")
+    if mode == "train" and config.train.get("distributed", False):
+        # Before validate(): its optimizer check starts JAX, after which jax.distributed cannot join the cluster.
+        from stemseg_jax.train.trainer import initialize_distributed
+
+        initialize_distributed()
     validate(config, mode)
     if mode == "train":
-        from stemseg_jax.train.trainer import train
+        from stemseg_jax.methods import train_method
 
-        train(config, workdir)  # checks that --workdir is writable before it creates anything there
+        train_method(config, workdir)  # checks that --workdir is writable before it creates anything there
         return 0
     from stemseg_jax.checkpoints import check_writable_dir
     from stemseg_jax.runner import evaluate_split, infer_input

@@ -46,7 +46,7 @@ def evaluate_split(config, workdir: str) -> dict:
     t_start = time.perf_counter()
     for record in records:
         result = segmenter.segment(lambda t, r=record: read_image(r.frame_paths[t]), len(record.frame_paths),
-                                   (record.height, record.width))
+                                   (record.height, record.width), video=record.name)
         num_frames += len(record.frame_paths)
         for k, v in result.timings.items():
             timings[k] = timings.get(k, 0.0) + v
@@ -169,10 +169,10 @@ def infer_input(config, workdir: str, gif_frames: int = 60) -> str:
     frames = open_frames(path)
     n = len(frames)
     segmenter = build_method(config, workdir, get_benchmark(config.inference.benchmark).class_mode)
-    result = segmenter.segment(frames, n, frames.hw)
+    name = os.path.splitext(os.path.basename(path.rstrip("/")))[0]
+    result = segmenter.segment(frames, n, frames.hw, video=name)
     # Up to 255 tracks (uint8 label maps), longest-lived first; the DAVIS benchmark stops at its 20.
     kept = longest_tracks(result.linked, min(255, len(result.linked.order) or 1))
-    name = os.path.splitext(os.path.basename(path.rstrip("/")))[0]
     parent = os.path.join(os.path.abspath(workdir), "infer")
     os.makedirs(parent, exist_ok=True)
     out_dir = os.path.join(parent, name)

@@ -43,6 +43,11 @@ def _top(name: str) -> str:
     ("benchmarks", {"model", "train", "inference", "methods", "losses"}),
     ("model", {"train", "inference", "benchmarks", "methods", "data", "evaluation", "losses"}),
     ("losses", {"train", "inference", "benchmarks", "methods", "data", "evaluation"}),
+    # The baselines' pieces: trackers are pure NumPy over proposals; the networks know no benchmark or method.
+    ("tracking", {"data", "evaluation", "model", "train", "inference", "benchmarks", "methods", "losses",
+                  "proposals", "reid"}),
+    ("proposals", {"inference", "benchmarks", "methods", "losses", "evaluation", "tracking", "reid"}),
+    ("reid", {"inference", "benchmarks", "methods", "losses", "evaluation", "tracking", "proposals"}),
 ])
 def test_packages_import_one_way(package, forbidden):
     bad = sorted((mod, imp) for mod, imps in IMPORTS.items() if _top(mod) == package

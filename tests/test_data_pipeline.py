@@ -293,7 +293,10 @@ def test_class_agnostic_and_davis_background_ignore(data):
 def test_bad_frame_names_the_clip_and_file(tmp_path, data):
     config, _, _ = data
     rec = make_record(str(tmp_path), "broken", 12, 50, 70, 1)
-    os.remove(rec.frame_paths[3])
+    # Not a missing file (the up-front metadata check reports those before any clip is read): one that
+    # exists but does not decode, found only when a clip reads it.
+    with open(rec.frame_paths[3], "wb") as fh:
+        fh.write(b"not an image")
     c = config.copy_and_resolve_references()
     c.data.datasets = dict(vid=base.dataset("ytvis", str(tmp_path), "train", 1.0))
     c.train.num_steps = 3

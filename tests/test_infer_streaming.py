@@ -55,7 +55,7 @@ class _FakeSegmenter:
     def __init__(self, fail_after_frames=None):
         self.fail_after_frames = fail_after_frames
 
-    def segment(self, load_frame, num_frames, original_hw):
+    def segment(self, load_frame, num_frames, original_hw, video=""):
         maps = np.full((num_frames, *original_hw), -1, np.int32)
         maps[:, :, : original_hw[1] // 2] = 0
         for t in range(num_frames):

@@ -38,7 +38,7 @@ import numpy as np
 from absl import flags
 
 from stemseg_jax import preprocessing
-from stemseg_jax.data import augment, duplicator, sampling
+from stemseg_jax.data import augment, check, duplicator, sampling
 from stemseg_jax.data.readers import dataset_option, load_dataset
 from stemseg_jax.io import read_image
 
@@ -171,6 +171,15 @@ def load_sources(config, records_by_dataset: Mapping[str, Sequence[Any]] | None 
     for n, recs in zip(names, records):
         if not recs:
             raise ValueError(f"dataset {n!r} has no records")
+    # The data check's cheap part (no pixel decoded): a category id the model has no class for, or a missing
+    # frame file, stops training here rather than at the step that samples it (a NaN loss, a silently
+    # dropped target, a failed worker).
+    num_classes = check.model_class_range(config)
+    check.raise_if_problems(
+        [p for n, recs in zip(names, records)
+         for p in check.category_problems(recs, f"data.datasets.{n}", num_classes)
+         + check.frame_file_problems(recs, f"data.datasets.{n}")]
+    )
     # Expected share of the samples per record: the dataset's weight spread over its records.
     ds_weights = sampling.mixture_quotas({n: dataset_option(c, "weight") for n, c in zip(names, cfgs)}, 10**9)
     shapes, weights = [], []

@@ -67,8 +67,10 @@ class VideoSegmenter:
         image = pad_image(resize_image(frame_bgr, *resized_hw), *padded_hw)
         return self._backbone(self.variables, jnp.asarray(image[None]))
 
-    def segment(self, load_frame: Callable[[int], np.ndarray], num_frames: int, original_hw) -> VideoResult:
-        """Segments a video whose frame ``t`` (BGR uint8 ``[H, W, 3]``) is ``load_frame(t)``."""
+    def segment(self, load_frame: Callable[[int], np.ndarray], num_frames: int, original_hw,
+                video: str = "") -> VideoResult:
+        """Segments a video whose frame ``t`` (BGR uint8 ``[H, W, 3]``) is ``load_frame(t)`` (``video``, its
+        name, is not needed: STEm-Seg sees only the frames)."""
         import time
 
         cfg = self.config

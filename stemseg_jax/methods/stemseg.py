@@ -61,3 +61,10 @@ def build(config, workdir: str | None, class_mode: str | None):
     variables = restore_model_variables(path, FIELD, config.inference.get("use_ema", True))
     check_variables(config, variables, path)
     return VideoSegmenter(config, variables, class_mode=class_mode)
+
+
+def train(config, workdir: str) -> dict:
+    """Trains the STEm-Seg network (``train.trainer.train``: resumes from the newest checkpoint in ``workdir``)."""
+    from stemseg_jax.train.trainer import train as train_stemseg  # noqa: PLC0415 (slow import)
+
+    return train_stemseg(config, workdir)

@@ -37,7 +37,11 @@ def _conv(
 
 
 class Bottleneck(nn.Module):
-    """1x1 (stride here, "STRIDE_IN_1X1") -> 3x3 -> 1x1, FrozenBN after each, projection shortcut if needed."""
+    """1x1 -> 3x3 -> 1x1, FrozenBN after each, projection shortcut if needed.
+
+    The stride sits in the 1x1 ("STRIDE_IN_1X1", maskrcnn-benchmark / the official weights) or, with
+    ``stride_in_1x1=False``, in the 3x3 (torchvision's ResNet, its Mask R-CNN weights).
+    """
 
     width: int
     out_channels: int
@@ -45,13 +49,15 @@ class Bottleneck(nn.Module):
     dtype: jnp.dtype = jnp.float32
     calibrate: bool = False
     conv2d_impl: str = "xla"
+    stride_in_1x1: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         bn = lambda name: FrozenBatchNorm(calibrate=self.calibrate, name=name)  # noqa: E731
         conv = lambda c, k, s, name: _conv(c, k, s, self.dtype, name, self.conv2d_impl)  # noqa: E731
-        y = nn.relu(bn("bn1")(conv(self.width, 1, self.stride, "conv1")(x)))
-        y = nn.relu(bn("bn2")(conv(self.width, 3, 1, "conv2")(y)))
+        s1, s3 = (self.stride, 1) if self.stride_in_1x1 else (1, self.stride)
+        y = nn.relu(bn("bn1")(conv(self.width, 1, s1, "conv1")(x)))
+        y = nn.relu(bn("bn2")(conv(self.width, 3, s3, "conv2")(y)))
         y = bn("bn3")(conv(self.out_channels, 1, 1, "conv3")(y))
         if x.shape[-1] != self.out_channels:
             x = bn("downsample_1")(conv(self.out_channels, 1, self.stride, "downsample_0")(x))
@@ -71,6 +77,7 @@ class ResNet(nn.Module):
     calibrate: bool = False
     remat: bool = False
     conv2d_impl: str = "xla"
+    stride_in_1x1: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array) -> tuple[jax.Array, ...]:
@@ -88,7 +95,8 @@ class ResNet(nn.Module):
             for i in range(n_blocks):
                 stride = 2 if (i == 0 and stage > 1) else 1
                 x = block_cls(
-                    width, 4 * width, stride, self.dtype, self.calibrate, self.conv2d_impl, name=f"layer{stage}_{i}"
+                    width, 4 * width, stride, self.dtype, self.calibrate, self.conv2d_impl, self.stride_in_1x1,
+                    name=f"layer{stage}_{i}",
                 )(x)
             if stage < self.freeze_at:
                 x = jax.lax.stop_gradient(x)
@@ -110,11 +118,15 @@ class _StemBlock(nn.Module):
 
 
 class FPN(nn.Module):
-    """Lateral 1x1 + output 3x3 convs (with bias, no norm/ReLU), bilinear top-down upsampling (spec §1.2)."""
+    """Lateral 1x1 + output 3x3 convs (with bias, no norm/ReLU), bilinear top-down upsampling (spec §1.2).
+
+    ``upsample="nearest"`` is the top-down path of maskrcnn-benchmark / torchvision (Mask R-CNN proposals).
+    """
 
     channels: int = 256
     dtype: jnp.dtype = jnp.float32
     conv2d_impl: str = "xla"
+    upsample: str = "bilinear"
 
     @nn.compact
     def __call__(self, feats: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
@@ -122,11 +134,17 @@ class FPN(nn.Module):
             self.channels, (k, k), padding=((k // 2, k // 2),) * 2, dtype=self.dtype, name=name,
             conv_general_dilated=conv_function(self.conv2d_impl),
         )
+        if self.upsample not in ("bilinear", "nearest"):
+            raise ValueError(f"fpn_upsample must be 'bilinear' or 'nearest', got {self.upsample!r}")
         last = conv(1, "fpn_inner4")(feats[3])
         results = [conv(3, "fpn_layer4")(last)]
         for k in (3, 2, 1):
             # QUIRK kept (spec §1.2): bilinear, half-pixel, although the weights come from a nearest-upsampling FPN.
-            last = conv(1, f"fpn_inner{k}")(feats[k - 1]) + upsample(last, (2, 2))
+            if self.upsample == "nearest":
+                up = jnp.repeat(jnp.repeat(last, 2, axis=1), 2, axis=2)
+            else:
+                up = upsample(last, (2, 2))
+            last = conv(1, f"fpn_inner{k}")(feats[k - 1]) + up
             results.insert(0, conv(3, f"fpn_layer{k}")(last))
         return tuple(results)
 
@@ -141,14 +159,16 @@ class ResNetFPN(nn.Module):
     calibrate: bool = False
     remat: bool = False
     conv2d_impl: str = "xla"
+    stride_in_1x1: bool = True  # False: torchvision's ResNet (stride in the 3x3)
+    fpn_upsample: str = "bilinear"  # "nearest": maskrcnn-benchmark / torchvision FPN
 
     @nn.compact
     def __call__(self, images: jax.Array) -> tuple[jax.Array, ...]:
         feats = ResNet(
             self.depth, self.width, self.freeze_at, self.dtype, self.calibrate, self.remat, self.conv2d_impl,
-            name="body",
+            self.stride_in_1x1, name="body",
         )(images)
-        out = FPN(self.fpn_channels, self.dtype, self.conv2d_impl, name="fpn")(feats)
+        out = FPN(self.fpn_channels, self.dtype, self.conv2d_impl, self.fpn_upsample, name="fpn")(feats)
         if self.freeze_all:
             out = tuple(jax.lax.stop_gradient(o) for o in out)
         return out

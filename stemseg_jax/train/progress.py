@@ -54,6 +54,11 @@ class TrainLogger:
         for name, image in images.items():
             self._writer.add_image(f"train/{name}", image, step, dataformats="HWC")
 
+    def flush(self) -> None:
+        """Writes the logged events to disk (the trainer calls this once a checkpoint is committed)."""
+        if self._writer is not None:
+            self._writer.flush()
+
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()

@@ -38,6 +38,7 @@ from stemseg_jax.config import check_values
 from stemseg_jax.losses.objective import make_loss_fn
 from stemseg_jax.model import build_model, trainable_mask
 from stemseg_jax.train.optim import build_optimizer, check_settings, learning_rate_schedule
+from stemseg_jax.train.summaries import drop_events_after
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,28 @@ BATCH_KEYS = ("images", "masks", "instance_valid", "category_ids", "ignore")
 
 class CheckpointSaveError(OSError):
     """A checkpoint could not be written (e.g. a full disk): training stops at the step it is noticed."""
+
+
+def initialize_distributed() -> None:
+    """``jax.distributed.initialize`` for ``train.distributed``: one process per host, all of them running
+    the same command. SLURM, Open MPI and Cloud TPU are detected by jax; a plain launcher sets
+    ``JAX_COORDINATOR_ADDRESS`` (host:port of process 0), ``STEMSEG_NUM_PROCESSES`` and ``STEMSEG_PROCESS_ID``.
+    Already initialised (by the caller) is fine."""
+    if jax.distributed.is_initialized():
+        return
+    from jax._src import xla_bridge  # no public API tells whether the backend has started
+
+    if xla_bridge.backends_are_initialized():
+        raise ValueError("train.distributed=True: jax.distributed must be initialised before any JAX computation; "
+                         "call stemseg_jax.train.trainer.initialize_distributed() first")
+    kwargs = {}
+    for key, var in (("num_processes", "STEMSEG_NUM_PROCESSES"), ("process_id", "STEMSEG_PROCESS_ID")):
+        if os.environ.get(var):
+            try:
+                kwargs[key] = int(os.environ[var])
+            except ValueError:
+                raise ValueError(f"environment variable {var}={os.environ[var]!r} must be an integer") from None
+    jax.distributed.initialize(**kwargs)
 
 
 def make_mesh(devices=None) -> Mesh:
@@ -212,10 +235,10 @@ def train(
 
     # Everything a setting can get wrong is checked before anything is created in the workdir, so a failed
     # start leaves no empty checkpoints/ that later commands would take for a run.
+    if config.train.distributed:  # first: the checks below already start jax's backend
+        initialize_distributed()
     check_values(config)
     check_settings(config.train)
-    if config.train.distributed:
-        jax.distributed.initialize()
     mesh = make_mesh(devices)
     n_dev = mesh.devices.size
     if config.train.batch_size % n_dev:
@@ -260,9 +283,21 @@ def train(
         log.info("resumed from %s at step %d", ckpt_dir, start)
     manager = checkpoint_manager(workdir, config)
     replicated = NamedSharding(mesh, P())
+    if jax.process_count() > 1:
+        # Every process calibrated the frozen BatchNorm statistics on its own first clip; process 0's is the
+        # global batch's first clip, which a single process would have used.
+        from jax.experimental import multihost_utils
+
+        state = multihost_utils.broadcast_one_to_all(state)
     state = jax.device_put(state, replicated)
     train_step = make_train_step(config, mesh, model=model, optimizer=optimizer)
     end = num_steps if stop_after is None else min(num_steps, start + stop_after)
+    if jax.process_index() == 0:
+        # A killed run logged steps past its last checkpoint (and may have torn its last record): they are
+        # logged again from here on, so its event files keep only what this run will not rewrite.
+        dropped = drop_events_after(os.path.join(workdir, "tensorboard"), start)
+        if dropped:
+            log.info("dropped %d TensorBoard event(s) past step %d, logged by an interrupted run", dropped, start)
     logger = TrainLogger(config, workdir, start=start, total=num_steps, enabled=progress and jax.process_index() == 0,
                          model=model, desc=progress_desc)
     log_every = max(1, int(config.train.log_every))
@@ -281,7 +316,7 @@ def train(
         while step < end:
             state, metrics = train_step(state, shard_batch(batch, mesh))
             step += 1
-            saving_step = _check_save(manager, saving_step, block=False)
+            saving_step = _check_save(manager, saving_step, block=False, on_done=logger.flush)
             pending.append((step, metrics, [str(c) for c in np.asarray(batch.get("clip_ids", []))]))
             saving = manager.should_save(step) or step == end
             if step % log_every == 0 or step == start + 1 or saving or (summary_every and step % summary_every == 0):
@@ -292,7 +327,7 @@ def train(
             if summary_every and step % summary_every == 0:
                 logger.log_images(step, state, batch)
             if saving:
-                saving_step = _check_save(manager, saving_step, block=True)
+                saving_step = _check_save(manager, saving_step, block=True, on_done=logger.flush)
                 try:
                     saved = manager.save(step, args=ocp.args.StandardSave(state), force=step == end)
                 except Exception as e:
@@ -383,10 +418,12 @@ def _check_free_space(workdir: str, state: dict) -> None:
                       f"state needs about {need / 2**20:.0f} MiB")
 
 
-def _check_save(manager: ocp.CheckpointManager, step: int | None, *, block: bool) -> int | None:
+def _check_save(manager: ocp.CheckpointManager, step: int | None, *, block: bool,
+                on_done=None) -> int | None:
     """Checks the background save of checkpoint ``step`` once it has finished (at once with ``block``):
-    its error is raised as one ``CheckpointSaveError`` naming the step. Returns ``step`` while the save is
-    still running, else None."""
+    its error is raised as one ``CheckpointSaveError`` naming the step, else ``on_done()`` is called (the
+    trainer flushes the event file: the steps a committed checkpoint covers are then logged on disk too, so
+    a kill after it loses no logged step). Returns ``step`` while the save is still running, else None."""
     if step is None or (not block and manager.is_saving_in_progress()):
         return step
     step_dir = os.path.join(str(manager.directory), str(step))
@@ -400,6 +437,8 @@ def _check_save(manager: ocp.CheckpointManager, step: int | None, *, block: bool
     if jax.process_index() == 0 and not os.path.isdir(step_dir):
         raise CheckpointSaveError(f"checkpoint step {step}: {step_dir} was not written (orbax logged why; "
                                   "--verbose shows it)")
+    if on_done is not None:
+        on_done()
     return None
 
 

@@ -8,7 +8,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from stemseg_jax.data.readers import coco, davis, kitti_mots, mapillary, pascal_voc, stemseg_json, ytvis
+from stemseg_jax.data.readers import coco, davis, kitti_mots, mapillary, pascal_voc, stemseg_json, tfds_format, ytvis
 from stemseg_jax.data.readers.common import cfg_get
 from stemseg_jax.data.records import VideoRecord
 
@@ -49,6 +49,9 @@ READERS = {
     # The authors' JSONs carry no format of their own: set the options on the entry (README).
     "stemseg_video_json": Reader(stemseg_json.read_video),
     "stemseg_image_json": Reader(stemseg_json.read_image),
+    # A tfds builder's split (tools/prepare_tfds.py packs any format above): the packed format's options
+    # are not known here, so the entry sets them (configs/youtube_vis.py:tfds).
+    "tfds": Reader(tfds_format.read),
 }
 
 
@@ -73,8 +76,8 @@ def load_dataset(ds_cfg, field: str = "dataset") -> list[VideoRecord]:
     if fmt not in READERS:
         raise ValueError(f"config field {field}.format={fmt!r}: unknown format; expected one of {sorted(READERS)}")
     records = READERS[fmt](ds_cfg, field)
+    where = cfg_get(ds_cfg, "root", "") or cfg_get(ds_cfg, "data_dir", "")  # tfds entries have a data_dir
     if not records:
-        raise ValueError(f"config field {field}: dataset {cfg_get(ds_cfg, 'root', '')!r} ({fmt}) has no usable records")
-    log.info("%s: %d %s from %s", field, len(records), "images" if records[0].is_image else "videos",
-             cfg_get(ds_cfg, "root", ""))  # fmt: skip
+        raise ValueError(f"config field {field}: dataset {where!r} ({fmt}) has no usable records")
+    log.info("%s: %d %s from %s", field, len(records), "images" if records[0].is_image else "videos", where)
     return records
