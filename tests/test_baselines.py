@@ -184,3 +184,27 @@ def test_tiny_maskrcnn_and_reid_train_then_every_tracker_evaluates(davis_data, t
     config.method, config.proposals.dir = "unovost", str(tmp_path / "saved")
     uv = evaluate_split(config, workdir)
     assert uv["inference_timings"]["proposals"] < of["inference_timings"]["proposals"]  # read, not detected
+
+
+def test_compare_tool_configs_and_table():
+    import sys
+
+    from tests.helpers import REPO
+
+    sys.path.insert(0, os.path.join(REPO, "tools"))
+    import compare_baselines
+
+    args = compare_baselines.parse_args(["--workdir", "w", "--stemseg-steps", "30", "--maskrcnn-steps", "60",
+                                         "--reid-steps", "9"])
+    stem = compare_baselines.method_config("davis", "stemseg", args)
+    assert (stem.method, stem.train.num_steps, stem.train.decay_start) == ("stemseg", 30, 20)
+    for method in ("of_tracker", "ri_tracker", "unovost"):
+        c = compare_baselines.method_config("kitti_mots", method, args)
+        assert c.method == method and c.inference.benchmark == "kitti_mots"
+        assert (c.proposals.train.num_steps, c.reid.num_steps) == (60, 9)
+    rows = [{"method": "stemseg", "fps": 2.5, "metrics": {"J&F": 0.7, "J": 0.65, "F": 0.75}},
+            {"method": "of_tracker", "fps": 10.0, "metrics": {"J&F": 0.5, "J": 0.45, "F": 0.55}}]
+    table = compare_baselines.markdown_table(rows).splitlines()
+    assert table[0] == "| method | J&F | J | F | frames/s | train s |"
+    assert table[3] == "| of_tracker | 50.0 | 45.0 | 55.0 | 10.00 | 0 |"
+    assert compare_baselines.main(["--workdir", "w", "--methods", "stemseg,nope"]) == 2

@@ -100,7 +100,6 @@ def main(argv=None) -> int:
     forward = jax.jit(model.apply)
     rows.append(("stemseg forward / frame",
                  best_of(lambda: forward(variables, clip), args.repeats) / args.frames))
-    del variables
 
     mrcnn = build_maskrcnn(config.proposals.model)
     mvars = init_variables(mrcnn, jax.random.PRNGKey(0), (ph, pw))

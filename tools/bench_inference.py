@@ -1,7 +1,8 @@
 """Inference throughput and training memory.
 
     python tools/bench_inference.py --config configs/kitti.py:tiny --frames 60
-    python tools/bench_inference.py --config configs/davis.py:stage2 --memory-only
+    python tools/bench_inference.py --config configs/davis.py:stage2 --memory-only --dtypes float32 bfloat16
+    python tools/bench_inference.py --config configs/davis.py --num-frames 16 --memory-only   # all trained
 
 Part 1 (unless --memory-only): frames/s of full-video inference on a synthetic video (randomly initialised
 weights with calibrated frozen BN — throughput does not depend on the weights' values except through the
@@ -9,7 +10,9 @@ number of clusters), split into backbone, heads (decoders), clustering, linking 
 
 Part 2 (--memory, or --memory-only): peak memory of one train step (forward + loss + backward) for a clip of
 ``data.num_frames`` frames at the config's full input size, from XLA's memory analysis of the compiled step
-(compile only, nothing runs), with and without rematerialisation of the decoders and backbone blocks.
+(compile only, nothing runs), with and without rematerialisation (``model.remat``: each decoder step and
+each trained backbone block keeps only its input), per activation dtype (``--dtypes``); the last column
+is the remat peak as a share of the same dtype's plain peak.
 """
 
 from __future__ import annotations
@@ -75,12 +78,16 @@ def bench_video(config, num_frames: int, height: int, width: int) -> dict:
     return {"total": total + writing, **result.timings, "writing": writing, "tracks": len(result.linked.order)}
 
 
-def train_step_memory(config, remat: bool) -> dict:
+def train_step_memory(config, remat: bool, dtype: str | None = None) -> dict:
+    """XLA's memory analysis of the compiled train step (forward + loss + backward) for one clip of
+    ``data.num_frames`` frames of 480x854 resized as the config does; ``dtype``: ``model.dtype`` override."""
     from stemseg_jax.losses.objective import make_loss_fn
-    from stemseg_jax.model import build_model
+    from stemseg_jax.model import build_model, resolve_conv2d_impl
 
     config = config.copy_and_resolve_references()
     config.model.remat = remat
+    if dtype is not None:
+        config.model.dtype = dtype
     h, w = padded_dims(*compute_resize_dims(480, 854, config.data.min_dim, config.data.max_dim))
     t, n_inst = config.data.num_frames, config.data.max_instances
     model = build_model(config)
@@ -102,6 +109,8 @@ def train_step_memory(config, remat: bool) -> dict:
     gib = 1024**3
     return {
         "clip": f"1x{t}x{h}x{w}",
+        "dtype": config.model.dtype,
+        "conv2d_impl": resolve_conv2d_impl(config.model.get("conv2d_impl", "auto")),
         "temp_gib": mem.temp_size_in_bytes / gib,
         "args_gib": mem.argument_size_in_bytes / gib,
         "out_gib": mem.output_size_in_bytes / gib,
@@ -164,8 +173,16 @@ def main(argv=None):
                    help="peak RSS of the --mode infer command itself on video files of these lengths (e.g. 30 300)")
     p.add_argument("--memory", action="store_true")
     p.add_argument("--memory-only", action="store_true")
+    p.add_argument("--dtypes", nargs="+", default=["float32"], choices=["float32", "bfloat16"],
+                   help="model.dtype values of the memory rows (each compiled with and without remat)")
+    p.add_argument("--num-frames", type=int, help="override data.num_frames (the memory rows' clip length)")
+    p.add_argument("--conv2d-impl", choices=["auto", "cpu", "xla"], help="override model.conv2d_impl")
     args = p.parse_args(argv)
     config = load_config_file(args.config)
+    if args.num_frames:
+        config.data.num_frames = args.num_frames
+    if args.conv2d_impl:
+        config.model.conv2d_impl = args.conv2d_impl
     if args.dims:
         config.data.min_dim, config.data.max_dim = args.dims
         config.inference.min_dim, config.inference.max_dim = args.dims
@@ -192,12 +209,18 @@ def main(argv=None):
 
             print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
     if args.memory or args.memory_only:
-        print("| train step | clip | remat | peak (args+temp+out) GiB | temp GiB | compile s |")
-        print("|---|---|---|---|---|---|")
-        for remat in (False, True):
-            m = train_step_memory(config, remat)
-            print(f"| {args.config} | {m['clip']} | {remat} | {m['peak_gib']:.2f} | {m['temp_gib']:.2f} | "
-                  f"{m['compile_s']:.0f} |")
+        trained = "backbone + FPN frozen" if config.model.freeze_backbone else "all trained"
+        print("| train step | trained | clip | conv2d impl | dtype | remat | peak (args+temp+out) GiB | temp GiB | "
+              "vs no remat | compile s |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for dtype in args.dtypes:
+            plain = None
+            for remat in (False, True):
+                m = train_step_memory(config, remat, dtype)
+                plain = plain or m["peak_gib"]
+                print(f"| {args.config} | {trained} | {m['clip']} | {m['conv2d_impl']} | {m['dtype']} | {remat} | "
+                      f"{m['peak_gib']:.2f} | {m['temp_gib']:.2f} | {100 * m['peak_gib'] / plain:.0f} % | "
+                      f"{m['compile_s']:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

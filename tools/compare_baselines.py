@@ -9,7 +9,9 @@ OF-Tracker, RI-Tracker and UnOVOST on its val split through ``--mode evaluate``'
 (the benchmark's own result files and metric) and prints one table: J&F / J / F (DAVIS) or sMOTSA and HOTA
 per class (KITTI-MOTS), and frames per second of the whole inference (proposals, re-id, flow and tracking
 included for the baselines). Everything resumes: a finished training is not repeated, and evaluations are
-rerun (they are cheap). The table goes to ``WORKDIR/comparison.md`` and ``.json``.
+rerun (they are cheap). ``--oracle`` adds each tracker on the val split's ground truth as proposals (a perfect
+detector), which separates what the detector loses from what the tracker loses. The table goes to
+``WORKDIR/comparison.md`` and ``.json``.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ def parse_args(argv):
     p.add_argument("--maskrcnn-steps", type=int, default=400)
     p.add_argument("--reid-steps", type=int, default=200)
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
+    p.add_argument("--oracle", action="store_true",
+                   help="also run each tracker on the val split's ground truth as proposals (a perfect detector)")
     return p.parse_args(argv)
 
 
@@ -54,6 +58,14 @@ def ensure_data(fmt: str, workdir: str, data: str, seed: int) -> str:
     if not os.path.isfile(os.path.join(root, "synthetic_info.json")):
         print(f"== synthetic {fmt} data -> {root}")
         synthetic.generate(fmt, root, seed, **FORMATS[fmt]["data"])
+    if fmt == "kitti_mots":
+        # The KITTI-MOTS demo config also trains on more 12-sequence sets (tools/demo.sh writes them the same way).
+        import runpy
+
+        for extra in runpy.run_path(os.path.join(REPO, "configs", "kitti.py"))["DEMO_MORE_TRAIN_SEEDS"]:
+            out = os.path.join(root, "more_train", f"seed_{extra}")
+            if not os.path.isfile(os.path.join(out, "synthetic_info.json")):
+                synthetic.generate(fmt, out, int(extra), **{**FORMATS[fmt]["data"], "num_val": 0})
     return root
 
 
@@ -68,7 +80,7 @@ def method_config(fmt: str, method: str, args):
     else:
         config.method = method
         _shorten(config.proposals.train, args.maskrcnn_steps)
-        _shorten(config.reid.train, args.reid_steps)
+        _shorten(config.reid, args.reid_steps)
     return config
 
 
@@ -93,8 +105,29 @@ def run_method(fmt: str, method: str, args, data_root: str) -> dict:
     train_method(config, workdir)  # a finished training only restores its last checkpoint
     train_seconds = time.perf_counter() - t0
     summary = evaluate_split(config, workdir)
-    benchmark = get_benchmark(config.inference.benchmark)
-    row = {"method": method, "fps": summary["frames"] / max(summary["inference_seconds"], 1e-9),
+    return _row(method, fmt, summary, get_benchmark(config.inference.benchmark), train_seconds)
+
+
+def run_oracle(fmt: str, method: str, args) -> dict:
+    """One tracker on ground-truth proposals (score 1), with the networks trained by ``run_method``."""
+    from stemseg_jax.benchmarks import get_benchmark
+    from stemseg_jax.data import load_dataset
+    from stemseg_jax.runner import evaluate_split
+    from stemseg_jax.tracking import write_ground_truth_proposals
+
+    config = method_config(fmt, method, args)
+    gt_dir = os.path.join(os.path.abspath(args.workdir), "gt_proposals")
+    if not os.path.isdir(gt_dir):
+        write_ground_truth_proposals(load_dataset(config.data.val_dataset, "data.val_dataset"), gt_dir,
+                                     class_agnostic=bool(config.data.class_agnostic))
+    config.proposals.dir = gt_dir
+    workdir = os.path.join(os.path.abspath(args.workdir), "baselines")
+    summary = evaluate_split(config, workdir)
+    return _row(f"{method} (GT proposals)", fmt, summary, get_benchmark(config.inference.benchmark), 0.0)
+
+
+def _row(label: str, fmt: str, summary: dict, benchmark, train_seconds: float) -> dict:
+    row = {"method": label, "fps": summary["frames"] / max(summary["inference_seconds"], 1e-9),
            "train_seconds": train_seconds, "metrics": benchmark.headline(summary["metrics"])}
     if fmt == "kitti_mots":
         for name in ("car", "pedestrian"):
@@ -103,11 +136,13 @@ def run_method(fmt: str, method: str, args, data_root: str) -> dict:
 
 
 def markdown_table(rows: list[dict]) -> str:
+    """One row per method: the benchmark's headline metrics (x100), inference frames/s and the training time
+    of this run (0 when nothing was trained, e.g. a resumed or oracle row)."""
     keys = list(rows[0]["metrics"]) if rows else []
-    lines = ["| method | " + " | ".join(keys) + " | frames/s |", "|---" * (len(keys) + 2) + "|"]
+    lines = ["| method | " + " | ".join(keys) + " | frames/s | train s |", "|---" * (len(keys) + 3) + "|"]
     for r in rows:
         values = " | ".join(f"{100 * r['metrics'][k]:.1f}" for k in keys)
-        lines.append(f"| {r['method']} | {values} | {r['fps']:.2f} |")
+        lines.append(f"| {r['method']} | {values} | {r['fps']:.2f} | {r.get('train_seconds', 0.0):.0f} |")
     return "\n".join(lines)
 
 
@@ -126,6 +161,10 @@ def main(argv=None) -> int:
     for method in methods:
         print(f"== {method}")
         rows.append(run_method(args.format, method, args, data_root))
+    if args.oracle:
+        for method in (m for m in methods if m != "stemseg"):
+            print(f"== {method} on ground-truth proposals")
+            rows.append(run_oracle(args.format, method, args))
     table = markdown_table(rows)
     print(table)
     write_text(os.path.join(args.workdir, "comparison.md"), table + "\n")

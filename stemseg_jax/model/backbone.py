@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from stemseg_jax.model.layers import FrozenBatchNorm, conv_function, materialize, max_pool_3x3_s2, upsample
+from stemseg_jax.model.remat import remat
 
 STAGE_BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 
@@ -20,7 +21,8 @@ _he_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
 def _conv(
-    features: int, kernel: int, stride: int, dtype, name: str, conv2d_impl: str = "xla", use_bias: bool = False
+    features: int, kernel: int, stride: int, dtype, name: str, conv2d_impl: str = "xla", use_bias: bool = False,
+    sequential_taps: bool = False,
 ) -> nn.Conv:
     pad = (kernel - 1) // 2
     return nn.Conv(
@@ -32,7 +34,7 @@ def _conv(
         dtype=dtype,
         kernel_init=_he_init,
         name=name,
-        conv_general_dilated=conv_function(conv2d_impl),
+        conv_general_dilated=conv_function(conv2d_impl, sequential_taps),
     )
 
 
@@ -50,11 +52,14 @@ class Bottleneck(nn.Module):
     calibrate: bool = False
     conv2d_impl: str = "xla"
     stride_in_1x1: bool = True
+    sequential_taps: bool = False  # the low-memory kernel gradient (``layers.conv_function``; model.remat)
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         bn = lambda name: FrozenBatchNorm(calibrate=self.calibrate, name=name)  # noqa: E731
-        conv = lambda c, k, s, name: _conv(c, k, s, self.dtype, name, self.conv2d_impl)  # noqa: E731
+        conv = lambda c, k, s, name: _conv(  # noqa: E731
+            c, k, s, self.dtype, name, self.conv2d_impl, sequential_taps=self.sequential_taps
+        )
         s1, s3 = (self.stride, 1) if self.stride_in_1x1 else (1, self.stride)
         y = nn.relu(bn("bn1")(conv(self.width, 1, s1, "conv1")(x)))
         y = nn.relu(bn("bn2")(conv(self.width, 3, s3, "conv2")(y)))
@@ -68,7 +73,11 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
-    """ResNet body returning C2..C5; stages before ``freeze_at`` get no gradient (FREEZE_AT_STAGE)."""
+    """ResNet body returning C2..C5; stages before ``freeze_at`` get no gradient (FREEZE_AT_STAGE).
+
+    With ``remat`` each block of a trained stage keeps only its input for the backward pass, which
+    recomputes the block (``remat.py``); frozen stages keep nothing either way.
+    """
 
     depth: int = 101
     width: int = 64
@@ -88,16 +97,21 @@ class ResNet(nn.Module):
         x = stem(x)
         if self.freeze_at >= 1:
             x = jax.lax.stop_gradient(x)
-        block_cls = nn.remat(Bottleneck) if self.remat else Bottleneck
         outputs = []
         for stage, n_blocks in enumerate(STAGE_BLOCKS[self.depth], start=1):
             width = self.width * 2 ** (stage - 1)
             for i in range(n_blocks):
                 stride = 2 if (i == 0 and stage > 1) else 1
-                x = block_cls(
-                    width, 4 * width, stride, self.dtype, self.calibrate, self.conv2d_impl, self.stride_in_1x1,
-                    name=f"layer{stage}_{i}",
-                )(x)
+                name = f"layer{stage}_{i}"
+                trained_remat = self.remat and stage >= self.freeze_at
+
+                def block(_, x, width=width, stride=stride, name=name, trained_remat=trained_remat):
+                    return Bottleneck(
+                        width, 4 * width, stride, self.dtype, self.calibrate, self.conv2d_impl, self.stride_in_1x1,
+                        sequential_taps=trained_remat, name=name,
+                    )(x)
+
+                x = remat(block, (name,))(self, x) if trained_remat else block(self, x)
             if stage < self.freeze_at:
                 x = jax.lax.stop_gradient(x)
             outputs.append(x)
@@ -127,12 +141,13 @@ class FPN(nn.Module):
     dtype: jnp.dtype = jnp.float32
     conv2d_impl: str = "xla"
     upsample: str = "bilinear"
+    sequential_taps: bool = False  # the low-memory kernel gradient (``layers.conv_function``; model.remat)
 
     @nn.compact
     def __call__(self, feats: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
         conv = lambda k, name: nn.Conv(  # noqa: E731
             self.channels, (k, k), padding=((k // 2, k // 2),) * 2, dtype=self.dtype, name=name,
-            conv_general_dilated=conv_function(self.conv2d_impl),
+            conv_general_dilated=conv_function(self.conv2d_impl, self.sequential_taps),
         )
         if self.upsample not in ("bilinear", "nearest"):
             raise ValueError(f"fpn_upsample must be 'bilinear' or 'nearest', got {self.upsample!r}")
@@ -164,11 +179,15 @@ class ResNetFPN(nn.Module):
 
     @nn.compact
     def __call__(self, images: jax.Array) -> tuple[jax.Array, ...]:
+        # Frozen as a whole: nothing of it is kept for the backward pass, so there is nothing to rematerialise.
+        remat = self.remat and not self.freeze_all
         feats = ResNet(
-            self.depth, self.width, self.freeze_at, self.dtype, self.calibrate, self.remat, self.conv2d_impl,
+            self.depth, self.width, self.freeze_at, self.dtype, self.calibrate, remat, self.conv2d_impl,
             self.stride_in_1x1, name="body",
         )(images)
-        out = FPN(self.fpn_channels, self.dtype, self.conv2d_impl, self.fpn_upsample, name="fpn")(feats)
+        out = FPN(
+            self.fpn_channels, self.dtype, self.conv2d_impl, self.fpn_upsample, sequential_taps=remat, name="fpn"
+        )(feats)
         if self.freeze_all:
             out = tuple(jax.lax.stop_gradient(o) for o in out)
         return out

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from stemseg_jax.model.layers import Conv3x3x3, avg_pool_t2, conv1x1x1, upsample
+from stemseg_jax.model.remat import remat
 
 # Clip length -> (which of the three pool slots pool, temporal upsampling factors) — spec §2.2.
 POOL_SCHEDULE = {
@@ -33,6 +34,8 @@ class SqueezeExpandDecoder(nn.Module):
 
     Input: FPN maps ``(P2, P3, P4, P5)``, each ``[B, T, H/s, W/s, C]``. Output ``[B, T, H/4, W/4, c3]``.
     Parameter names follow the official Sequential indices (``block_32x_0`` conv, ``_1`` GroupNorm, ...).
+    With ``remat`` each conv + GroupNorm + ReLU (+ pool) step and each fusion step keeps only its input
+    for the backward pass, which recomputes the rest (``model.remat``; see ``remat.py``).
     """
 
     channels: tuple[int, int, int, int] = (256, 256, 128, 128)
@@ -40,6 +43,7 @@ class SqueezeExpandDecoder(nn.Module):
     conv_impl: str = "shifted2d"
     dtype: jnp.dtype = jnp.float32
     conv2d_impl: str = "xla"
+    remat: bool = False
 
     @nn.compact
     def __call__(self, features: tuple[jax.Array, ...]) -> jax.Array:
@@ -47,27 +51,38 @@ class SqueezeExpandDecoder(nn.Module):
         pools, (tau0, tau1, tau2) = pool_schedule(p2.shape[1])
         c0, c1, c2, c3 = self.channels
 
+        def step(fn, names: tuple[str, ...], *args) -> jax.Array:
+            return remat(fn, names)(self, *args) if self.remat else fn(self, *args)
+
         def block(x: jax.Array, features: int, n: int, name: str) -> jax.Array:
             # Official Sequential layout: conv at 4k, GN at 4k+1 (ReLU and pool slot k have no parameters).
             x = x.astype(self.dtype)
             for k in range(n):
-                x = Conv3x3x3(
-                    features, impl=self.conv_impl, dtype=self.dtype, conv2d_impl=self.conv2d_impl,
-                    name=f"{name}_{4 * k}",
-                )(x)
-                x = nn.GroupNorm(self.gn_groups, epsilon=1e-5, dtype=self.dtype, name=f"{name}_{4 * k + 1}")(x)
-                x = nn.relu(x)
-                if k < 3 and pools[k] and name != "block_4x":
-                    x = avg_pool_t2(x)
+                pool = k < 3 and pools[k] and name != "block_4x"
+                conv_name, gn_name = f"{name}_{4 * k}", f"{name}_{4 * k + 1}"
+
+                def conv_gn_relu(_, x, features=features, pool=pool, conv_name=conv_name, gn_name=gn_name):
+                    x = Conv3x3x3(
+                        features, impl=self.conv_impl, dtype=self.dtype, conv2d_impl=self.conv2d_impl,
+                        sequential_taps=self.remat, name=conv_name,
+                    )(x)
+                    x = nn.relu(nn.GroupNorm(self.gn_groups, epsilon=1e-5, dtype=self.dtype, name=gn_name)(x))
+                    return avg_pool_t2(x) if pool else x
+
+                x = step(conv_gn_relu, (conv_name, gn_name), x)
             return x
+
+        def fuse(coarse: jax.Array, fine: jax.Array, tau: int, features: int, name: str) -> jax.Array:
+            def up_concat_conv(_, coarse, fine):
+                x = jnp.concatenate([upsample(coarse, (tau, 2, 2)), fine], axis=-1)
+                return conv1x1x1(features, False, self.dtype, name, self.conv2d_impl)(x)
+
+            return step(up_concat_conv, (name,), coarse, fine)
 
         x32 = block(p5, c0, 3, "block_32x")
         x16 = block(p4, c1, 2, "block_16x")
         x8 = block(p3, c2, 1, "block_8x")
         x4 = block(p2, c3, 1, "block_4x")
-        x = upsample(x32, (tau0, 2, 2))
-        x = conv1x1x1(c1, False, self.dtype, "conv_16", self.conv2d_impl)(jnp.concatenate([x, x16], axis=-1))
-        x = upsample(x, (tau1, 2, 2))
-        x = conv1x1x1(c2, False, self.dtype, "conv_8", self.conv2d_impl)(jnp.concatenate([x, x8], axis=-1))
-        x = upsample(x, (tau2, 2, 2))
-        return conv1x1x1(c3, False, self.dtype, "conv_4", self.conv2d_impl)(jnp.concatenate([x, x4], axis=-1))
+        x = fuse(x32, x16, tau0, c1, "conv_16")
+        x = fuse(x, x8, tau1, c2, "conv_8")
+        return fuse(x, x4, tau2, c3, "conv_4")

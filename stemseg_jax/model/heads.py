@@ -49,10 +49,9 @@ class EmbeddingHead(nn.Module):
     @nn.compact
     def __call__(self, features):
         coords, n_free = EMBEDDING_MODES[self.mode]
-        decoder_cls = nn.remat(SqueezeExpandDecoder) if self.remat else SqueezeExpandDecoder
-        x = decoder_cls(self.channels, self.gn_groups, self.conv_impl, self.dtype, self.conv2d_impl, name="decoder")(
-            features
-        )
+        x = SqueezeExpandDecoder(
+            self.channels, self.gn_groups, self.conv_impl, self.dtype, self.conv2d_impl, self.remat, name="decoder"
+        )(features)
         time_scale = self.variable("buffers", "time_scale", lambda: jnp.asarray(self.time_scale, jnp.float32))
         e_dims = len(coords) + n_free
         raw = conv1x1x1(e_dims, False, self.dtype, "conv_embedding", self.conv2d_impl)(x).astype(jnp.float32)
@@ -84,8 +83,7 @@ class DecoderHead(nn.Module):
 
     @nn.compact
     def __call__(self, features) -> jax.Array:
-        decoder_cls = nn.remat(SqueezeExpandDecoder) if self.remat else SqueezeExpandDecoder
-        x = decoder_cls(self.channels, self.gn_groups, self.conv_impl, self.dtype, self.conv2d_impl, name="decoder")(
-            features
-        )
+        x = SqueezeExpandDecoder(
+            self.channels, self.gn_groups, self.conv_impl, self.dtype, self.conv2d_impl, self.remat, name="decoder"
+        )(features)
         return conv1x1x1(self.out_channels, False, self.dtype, "conv_out", self.conv2d_impl)(x).astype(jnp.float32)

@@ -68,21 +68,33 @@ def _conv2d_forward(lhs: jax.Array, rhs: jax.Array, padding) -> jax.Array:
     return lax.conv_general_dilated(lhs, rhs, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _conv2d_stride1(lhs: jax.Array, rhs: jax.Array, padding) -> jax.Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv2d_stride1(lhs: jax.Array, rhs: jax.Array, padding, sequential_taps: bool = False) -> jax.Array:
     return _conv2d_forward(lhs, rhs, padding)
 
 
-def _conv2d_stride1_fwd(lhs, rhs, padding):
+def _conv2d_stride1_fwd(lhs, rhs, padding, sequential_taps=False):
     return _conv2d_forward(lhs, rhs, padding), (lhs, rhs)
 
 
-def _conv2d_stride1_bwd(padding, residuals, grad):
+def _after(dependency: jax.Array, index: int) -> jax.Array:
+    """The int32 ``index``, as a value XLA can compute only once ``dependency`` exists (see ``materialize``)."""
+    predicate = dependency.reshape(-1)[0] > 0
+    return lax.cond(predicate, lambda v: v, lambda v: lax.optimization_barrier(v), jnp.int32(index))
+
+
+def _conv2d_stride1_bwd(padding, sequential_taps, residuals, grad):
     """Input gradient: the transposed convolution (itself tiled). Kernel gradient: one matrix product
     per tap, contracting over every output pixel. XLA:CPU's own kernel-gradient convolution reaches
     6 GF/s on a 64x112x256 -> 384 map where the per-tap products reach ~50 (measured); with fewer than
     64 channels on either side XLA's is faster (the tap slices' copies dominate: the :tiny train step was
-    1.2x slower with them), so it is kept there."""
+    1.2x slower with them), so it is kept there.
+
+    Each tap's window is copied into the matrix product's layout (``[C_in, N*H*W]``, as large as the input
+    map); XLA:CPU's scheduler makes all nine copies before the first product (9x the map at once: 7.5 of
+    the 24.4 GiB of the 16-frame stage-2 step). With ``sequential_taps`` (``model.remat=True``) each
+    window's offset is only known once the previous tap's product is, so one copy is alive at a time;
+    the products and their sums are the same."""
     lhs, rhs = residuals
     kh, kw, c_in, c_out = rhs.shape
     (top, bottom), (left, right) = padding
@@ -96,11 +108,15 @@ def _conv2d_stride1_bwd(padding, residuals, grad):
     padded = jnp.pad(lhs, ((0, 0), (top, bottom), (left, right), (0, 0)))
     out_h, out_w = grad.shape[1:3]
     contract = (((0, 1, 2), (0, 1, 2)), ((), ()))
-    taps = [
-        lax.dot_general(padded[:, i : i + out_h, j : j + out_w], grad, contract)
-        for i in range(kh)
-        for j in range(kw)
-    ]
+    taps = []
+    for i in range(kh):
+        for j in range(kw):
+            if sequential_taps and taps:
+                start = (0, _after(taps[-1], i), j, 0)
+                window = lax.dynamic_slice(padded, start, (padded.shape[0], out_h, out_w, c_in))
+            else:
+                window = padded[:, i : i + out_h, j : j + out_w]
+            taps.append(lax.dot_general(window, grad, contract))
     return d_lhs, jnp.stack(taps).reshape(kh, kw, c_in, c_out).astype(rhs.dtype)
 
 
@@ -117,6 +133,7 @@ def cpu_conv_general_dilated(
     dimension_numbers=None,
     feature_group_count: int = 1,
     precision=None,
+    sequential_taps: bool = False,
     **kwargs,
 ) -> jax.Array:
     """``lax.conv_general_dilated`` for channels-last maps, re-expressed where XLA:CPU is slow.
@@ -128,7 +145,8 @@ def cpu_conv_general_dilated(
       * stride-1 2D convolutions over maps of more than 4 MiB per image run on row strips of about 1 MiB
         each (``_row_tiled_conv2d``), in the forward pass and for the input gradient.
       * the kernel gradient of a stride-1 2D convolution with at least ``_TAPS_MIN_CHANNELS`` channels on
-        both sides is one matrix product per tap (``_conv2d_stride1_bwd``).
+        both sides is one matrix product per tap (``_conv2d_stride1_bwd``), one tap after the other with
+        ``sequential_taps`` (``conv_function(..., sequential_taps=True)``, under ``model.remat``).
     Anything else (dilation, groups, another layout) goes to ``lax.conv_general_dilated`` unchanged.
     """
     nd = lhs.ndim - 2
@@ -155,7 +173,7 @@ def cpu_conv_general_dilated(
         and tuple(window_strides) == (1, 1)
         and all(0 <= v < k for (p0, p1), k in zip(padding, rhs.shape[:2]) for v in (p0, p1))
     ):
-        return _conv2d_stride1(lhs, rhs, padding)
+        return _conv2d_stride1(lhs, rhs, padding, sequential_taps)
     return lax.conv_general_dilated(
         lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
         dimension_numbers=dimension_numbers, feature_group_count=feature_group_count, precision=precision, **kwargs,
@@ -178,12 +196,15 @@ def materialize(x: jax.Array) -> jax.Array:
     return lax.cond(predicate, lambda v: v, lambda v: lax.optimization_barrier(v), x)
 
 
-def conv_function(impl: str) -> Callable | None:
-    """``model.conv2d_impl`` -> the ``conv_general_dilated`` that ``nn.Conv`` should use (None: lax's)."""
+def conv_function(impl: str, sequential_taps: bool = False) -> Callable | None:
+    """``model.conv2d_impl`` -> the ``conv_general_dilated`` that ``nn.Conv`` should use (None: lax's).
+    ``sequential_taps``: the low-memory kernel gradient of ``cpu_conv_general_dilated`` (``model.remat``)."""
     if impl == "xla":
         return None
     if impl == "cpu":
-        return cpu_conv_general_dilated
+        return functools.partial(cpu_conv_general_dilated, sequential_taps=True) if sequential_taps else (
+            cpu_conv_general_dilated
+        )
     # "auto" is resolved by ``model.resolve_conv2d_impl`` before the modules are built.
     raise ValueError(f"unknown conv2d_impl {impl!r}; expected 'cpu' or 'xla'")
 
@@ -232,6 +253,7 @@ class Conv3x3x3(nn.Module):
     impl: str = "shifted2d"
     dtype: Dtype = jnp.float32
     conv2d_impl: str = "xla"  # how the shifted2d form runs its 2D convolution (see ``conv_function``)
+    sequential_taps: bool = False  # its low-memory kernel gradient (``conv_function``; under model.remat)
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -247,7 +269,7 @@ class Conv3x3x3(nn.Module):
         elif self.impl == "shifted2d":
             n, t, h, w, _ = x.shape
             k2d = jnp.transpose(kernel, (1, 2, 3, 0, 4)).reshape(3, 3, c_in, 3 * self.features)
-            conv2d = conv_function(self.conv2d_impl) or lax.conv_general_dilated
+            conv2d = conv_function(self.conv2d_impl, self.sequential_taps) or lax.conv_general_dilated
             dims = lax.conv_dimension_numbers((1, 1, 1, 1), (1, 1, 1, 1), ("NHWC", "HWIO", "NHWC"))
             z = conv2d(x.reshape(n * t, h, w, c_in), k2d, (1, 1), ((1, 1), (1, 1)), dimension_numbers=dims)
             z = z.reshape(n, t, h, w, 3, self.features)

@@ -260,3 +260,25 @@ def load_proposals(path: str, expected_hw: tuple[int, int] | None = None,
 
 
 __all__ = ["FrameProposals", "load_proposals", "proposals_path", "save_proposals"]
+
+
+def write_ground_truth_proposals(records, directory: str, class_agnostic: bool = False) -> list[str]:
+    """Writes the annotations of ``records`` (``data.records.VideoRecord``s) as proposal files with score 1:
+    "oracle" proposals, to measure a tracker with a perfect detector (``tools/compare_baselines.py --oracle``).
+    Categories are the records' (1 for every instance with ``class_agnostic``). Returns the files written."""
+    paths = []
+    for record in records:
+        ids = list(record.instance_ids)
+        masks, _ = record.masks.load(range(record.num_frames), ids)
+        frames = []
+        for t in range(record.num_frames):
+            present = [i for i in range(len(ids)) if masks[i, t].any()]
+            frames.append(FrameProposals(
+                masks=masks[present, t] if present else np.zeros((0, record.height, record.width), bool),
+                scores=np.ones(len(present), np.float32),
+                categories=np.asarray([1 if class_agnostic else record.categories[ids[i]] for i in present],
+                                      np.int32)))
+        path = proposals_path(directory, record.name)
+        save_proposals(path, record.name, [os.path.basename(p) for p in record.frame_paths], frames)
+        paths.append(path)
+    return paths
