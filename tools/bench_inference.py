@@ -209,7 +209,8 @@ def main(argv=None):
 
             print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
     if args.memory or args.memory_only:
-        trained = "backbone + FPN frozen" if config.model.freeze_backbone else "all trained"
+        trained = ("backbone + FPN frozen" if config.model.freeze_backbone
+                   else f"all but stem + stages < {config.model.freeze_at}")
         print("| train step | trained | clip | conv2d impl | dtype | remat | peak (args+temp+out) GiB | temp GiB | "
               "vs no remat | compile s |")
         print("|---|---|---|---|---|---|---|---|---|---|")
