@@ -53,25 +53,31 @@ def resolve_conv2d_impl(impl: str) -> str:
     return impl
 
 
-def trainable_mask(params, config: ml_collections.ConfigDict):
-    """A pytree of bools over ``params``: False for frozen parameters (stem and stages before
-    ``freeze_at``; the whole backbone + FPN with ``freeze_backbone``). Frozen parameters get neither
-    updates nor weight decay."""
-    m = config.model
+def backbone_trainable(freeze_at: int, freeze_backbone: bool = False):
+    """``trainable(path) -> bool`` over parameter paths of a model whose ResNet-FPN is ``backbone``: False for
+    the stem and the stages before ``freeze_at`` (FREEZE_AT_STAGE), and for the whole backbone + FPN with
+    ``freeze_backbone``; every other parameter is trained."""
 
     def trainable(path: tuple[str, ...]) -> bool:
         if path[0] != "backbone":
             return True
-        if m.freeze_backbone:
+        if freeze_backbone:
             return False
-        if path[1] == "body":
+        if len(path) > 2 and path[1] == "body":
             block = path[2]
             if block == "stem":
-                return m.freeze_at < 1
-            stage = int(block[len("layer") :].split("_")[0])
-            return stage >= m.freeze_at
+                return freeze_at < 1
+            return int(block[len("layer") :].split("_")[0]) >= freeze_at
         return True
 
+    return trainable
+
+
+def trainable_mask(params, config: ml_collections.ConfigDict):
+    """A pytree of bools over ``params``: False for frozen parameters (stem and stages before
+    ``freeze_at``; the whole backbone + FPN with ``freeze_backbone``). Frozen parameters get neither
+    updates nor weight decay."""
+    trainable = backbone_trainable(int(config.model.freeze_at), bool(config.model.freeze_backbone))
     flat = traverse_util.flatten_dict(params)
     return traverse_util.unflatten_dict({k: trainable(k) for k in flat})
 
@@ -81,4 +87,4 @@ def init_variables(config: ml_collections.ConfigDict, key: jax.Array, images: ja
     return build_model(config).init(key, images)
 
 
-__all__ = ["STEmSeg", "build_model", "trainable_mask", "init_variables"]
+__all__ = ["STEmSeg", "backbone_trainable", "build_model", "trainable_mask", "init_variables"]

@@ -86,20 +86,6 @@ def maskrcnn_workdir(config, workdir: str) -> str:
     return os.path.join(os.path.abspath(workdir), "maskrcnn")
 
 
-def trainable_fn(freeze_at: int):
-    """Frozen: the stem and the ResNet stages before ``freeze_at`` (FREEZE_AT_STAGE, as for STEm-Seg)."""
-
-    def trainable(path: tuple[str, ...]) -> bool:
-        if len(path) < 3 or path[0] != "backbone" or path[1] != "body":
-            return True
-        block = path[2]
-        if block == "stem":
-            return freeze_at < 1
-        return int(block[len("layer"):].split("_")[0]) >= freeze_at
-
-    return trainable
-
-
 def train_maskrcnn(config: ml_collections.ConfigDict, workdir: str, *, batches=None, progress: bool = True) -> dict:
     """Trains (or resumes) the Mask R-CNN of ``config.proposals`` in ``workdir/maskrcnn``; returns its variables.
 
@@ -109,6 +95,7 @@ def train_maskrcnn(config: ml_collections.ConfigDict, workdir: str, *, batches=N
     from flax import traverse_util  # noqa: PLC0415
 
     from stemseg_jax.data.pipeline import build_train_iterator  # noqa: PLC0415
+    from stemseg_jax.model import backbone_trainable  # noqa: PLC0415
     from stemseg_jax.proposals import build_maskrcnn, init_variables, loss_fn  # noqa: PLC0415
     from stemseg_jax.train.loop import run_training  # noqa: PLC0415
     from stemseg_jax.train.optim import build_optimizer  # noqa: PLC0415
@@ -120,7 +107,7 @@ def train_maskrcnn(config: ml_collections.ConfigDict, workdir: str, *, batches=N
     variables = init_variables(model, key, (128, 128))  # parameter shapes do not depend on the image size
     if pcfg.init_checkpoint:
         variables = _merge_init(variables, pcfg.init_checkpoint)
-    trainable = trainable_fn(int(pcfg.model.freeze_at))
+    trainable = backbone_trainable(int(pcfg.model.freeze_at))
     flat = traverse_util.flatten_dict(variables["params"])
     mask = traverse_util.unflatten_dict({k: trainable(k) for k in flat})
     optimizer = build_optimizer(pcfg.train, mask)
