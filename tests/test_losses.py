@@ -355,3 +355,41 @@ def test_prepare_targets_area_rule():
         prepare_targets(batch, (4, 6), "nearest", 4)
     with pytest.raises(ValueError, match="num_classes"):
         prepare_targets(batch, (4, 6), "area")
+
+
+@pytest.mark.parametrize("mode,semseg,foreground", [("xyt", True, True), ("xyff", False, False)])
+def test_torch_reference_loss_matches(mode, semseg, foreground):
+    """``tests/torch_reference.stemseg_loss`` (the official per-instance loop, which ``tools/bench_model.py
+    --against-torch`` times) computes our loss and its gradients from the full-resolution batch."""
+    torch = pytest.importorskip("torch")
+    from tests import torch_reference as tr
+
+    config, loss_fn = jitted_loss(mode, semseg, foreground, False)
+    outputs, _ = make_case(3, config, frames=3, height=6, width=8)
+    rng = np.random.default_rng(4)
+    b, i, t, h, w = 2, 4, 3, 6, 8
+    blocks = rng.uniform(size=(b, i, t, h, w)) < 0.35
+    masks = np.repeat(np.repeat(blocks, 4, axis=-2), 4, axis=-1)  # whole 4x4 blocks survive the target rule
+    masks &= rng.uniform(size=masks.shape) < 0.99  # and some do not
+    batch = {
+        "masks": masks,
+        "instance_valid": np.array([[True, True, False, True], [True, True, True, True]]),
+        "ignore": np.repeat(np.repeat(rng.uniform(size=(b, t, h, w)) < 0.2, 4, axis=-2), 4, axis=-1),
+        "category_ids": rng.integers(1, config.model.num_classes, (b, i)).astype(np.int32),
+    }
+    targets = prepare_targets(batch, (h, w), "official", config.model.num_classes)
+
+    def ours(emb):
+        return stemseg_loss({**outputs, "embeddings": emb}, targets, config)
+
+    (total, terms), grad = jax.value_and_grad(ours, has_aux=True)(jnp.asarray(outputs["embeddings"]))
+    emb_t = torch.tensor(outputs["embeddings"], requires_grad=True)
+    outputs_t = {k: None if v is None else torch.from_numpy(v) for k, v in outputs.items()}
+    batch_t = {k: torch.from_numpy(v) for k, v in batch.items()}
+    total_t, terms_t = tr.stemseg_loss({**outputs_t, "embeddings": emb_t}, batch_t, config)
+    total_t.backward()
+    for name in TERMS:
+        np.testing.assert_allclose(float(terms[name]), float(terms_t[name].detach()), rtol=2e-5, atol=1e-7,
+                                   err_msg=name)
+    assert float(terms_t["lovasz"].detach()) > 0.01 and (not semseg or float(terms_t["semseg"].detach()) > 0.1)
+    np.testing.assert_allclose(np.asarray(grad), emb_t.grad.numpy(), rtol=1e-4, atol=1e-6)

@@ -12,7 +12,7 @@ import pytest
 from flax import traverse_util
 
 from stemseg_jax.config import EMBEDDING_MODES, embedding_dims
-from stemseg_jax.model import build_model, trainable_mask
+from stemseg_jax.model import build_model, layers, trainable_mask
 from stemseg_jax.model.backbone import ResNet
 from stemseg_jax.model.decoder import SqueezeExpandDecoder
 from stemseg_jax.model.heads import coordinate_grid
@@ -88,7 +88,11 @@ def test_conv3d_shifted2d_equals_direct():
         ((2, 12, 10, 6), 3, 2, 1, 4),  # strided 3x3: falls through to lax
     ],
 )
-def test_cpu_conv_matches_lax_values_and_gradients(shape, kernel, stride, pad, c_out):
+@pytest.mark.parametrize("eigen", [True, False], ids=["eigen-convs", "ynn-convs"])
+def test_cpu_conv_matches_lax_values_and_gradients(shape, kernel, stride, pad, c_out, eigen, monkeypatch):
+    """Both kernel-gradient forms: XLA's own (what importing stemseg_jax selects) and the per-tap products
+    used while XLA:CPU's YNNPACK convolutions are on."""
+    monkeypatch.setattr(layers, "eigen_convolutions", lambda: eigen)
     kx, kw, kg = jax.random.split(jax.random.PRNGKey(3), 3)
     x = jax.random.normal(kx, shape)
     w = jax.random.normal(kw, (kernel, kernel, shape[-1], c_out)) / np.sqrt(kernel * kernel * shape[-1])

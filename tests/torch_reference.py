@@ -307,3 +307,106 @@ def randomize_(module: nn.Module, seed: int) -> nn.Module:
 def state_dict_numpy(module: nn.Module, prefix: str = "") -> dict:
     """The module's state dict as float32 NumPy arrays (what the converter reads from a .pth)."""
     return {prefix + k: v.detach().numpy().copy() for k, v in module.state_dict().items()}
+
+
+def downsample_masks(masks: torch.Tensor, factor: int = 4) -> torch.Tensor:
+    """The official target rule (spec §4.1): bilinear, no antialias, then truncation to uint8."""
+    shape = masks.shape
+    flat = masks.reshape(-1, 1, *shape[-2:]).float()
+    small = F.interpolate(flat, scale_factor=1.0 / factor, mode="bilinear", align_corners=False).byte()
+    return small.reshape(*shape[:-2], *small.shape[-2:]).bool()
+
+
+def lovasz_hinge_flat(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Berman et al.'s binary Lovász hinge as their reference code computes it (sort, then Jaccard grad)."""
+    signs = 2.0 * labels.float() - 1.0
+    errors = 1.0 - logits * signs
+    errors_sorted, perm = torch.sort(errors, descending=True)
+    gt_sorted = labels.float()[perm]
+    total = gt_sorted.sum()
+    intersection = total - gt_sorted.cumsum(0)
+    union = total + (1.0 - gt_sorted).cumsum(0)
+    jaccard = 1.0 - intersection / union
+    jaccard = torch.cat([jaccard[:1], jaccard[1:] - jaccard[:-1]])
+    return torch.dot(F.relu(errors_sorted), jaccard)
+
+
+def stemseg_loss(outputs: dict, batch: dict, config) -> tuple[torch.Tensor, dict]:
+    """The STEm-Seg loss the way the official code computes it: one clip and one instance at a time.
+
+    ``outputs`` is ``STEmSegReference.forward``'s dict, ``batch`` the full-resolution batch of the data
+    pipeline as torch tensors (``masks [B, I, T, H, W]``, ``instance_valid``, ``category_ids``,
+    ``ignore``). Hard semantic targets only (``loss.target_rule = "official"``). Returns ``(total,
+    terms)`` with the keys of ``stemseg_jax.losses.stemseg_loss``.
+    """
+    lo, m = config.loss, config.model
+    if lo.target_rule != "official":
+        raise ValueError(f"the PyTorch reference loss implements target_rule 'official', not {lo.target_rule!r}")
+    emb_all = outputs["embeddings"]
+    b_size, t, h, w, _ = emb_all.shape
+    factor = batch["masks"].shape[-1] // w
+    masks_all = downsample_masks(batch["masks"], factor)
+    ignore_all = downsample_masks(batch["ignore"], factor)
+    free_bw = [1.0 / s**2 for s in m.free_dim_stds]
+    zero = emb_all.new_zeros(())
+    sums = {k: zero for k in ("lovasz", "smoothness", "seediness", "semseg", "foreground")}
+    for b in range(b_size):
+        e = emb_all[b].reshape(-1, emb_all.shape[-1])
+        v = outputs["bandwidth_logits"][b].reshape(-1, outputs["bandwidth_logits"].shape[-1])
+        s = outputs["seediness"][b].reshape(-1)
+        ignore = ignore_all[b].reshape(-1)
+        masks = [
+            masks_all[b, i].reshape(-1)
+            for i in range(masks_all.shape[1])
+            if bool(batch["instance_valid"][b, i]) and bool(masks_all[b, i].any())
+        ]
+        if masks:
+            lovasz, smooth, seed = zero, zero, zero
+            for mask in masks:
+                v_in = v[mask]
+                centre = e[mask].mean(0)
+                bandwidth = torch.cat([(torch.exp(v_in) * 10.0).mean(0), e.new_tensor(free_bw)])
+                prob = torch.exp(-0.5 * torch.sum(bandwidth * (e - centre) ** 2, dim=1))
+                lovasz = lovasz + lovasz_hinge_flat(2.0 * prob - 1.0, mask)
+                smooth = smooth + torch.mean((v_in.mean(0) - v_in) ** 2)
+                seed = seed + torch.mean((s[mask] - prob.detach()[mask]) ** 2)
+            background = ~torch.stack(masks).any(0)
+            bg = torch.where(ignore[background], zero, s[background] ** 2)
+            seed = seed + bg.sum() / max(int(background.sum()), 1)
+            sums["lovasz"] = sums["lovasz"] + lovasz / len(masks)
+            sums["smoothness"] = sums["smoothness"] + smooth / len(masks)
+            sums["seediness"] = sums["seediness"] + seed / (len(masks) + 1)
+        if m.use_semseg_head:
+            logits = outputs["semseg_logits"][b].reshape(-1, outputs["semseg_logits"].shape[-1])
+            target = torch.zeros(e.shape[0], dtype=torch.long)
+            for i in range(masks_all.shape[1]):
+                if bool(batch["instance_valid"][b, i]):
+                    cat = int(batch["category_ids"][b, i])
+                    target = torch.where(masks_all[b, i].reshape(-1), target.clamp(min=cat), target)
+            ce = F.cross_entropy(logits[:, : m.num_classes], target, reduction="none")
+            keep = torch.ones_like(ignore) if lo.semseg_ce_ignore_quirk else ~ignore
+            if keep.any():
+                sums["semseg"] = sums["semseg"] + ce[keep].mean()
+            if m.foreground_channel and (~ignore).any():
+                bce = F.binary_cross_entropy_with_logits(logits[:, -1], (target > 0).float(), reduction="none")
+                sums["foreground"] = sums["foreground"] + bce[~ignore].mean()
+    terms = {k: val / b_size for k, val in sums.items()}
+    terms["embedding"] = lo.weight * (
+        lo.w_lovasz * terms["lovasz"] + lo.w_smoothness * terms["smoothness"] + lo.w_seediness * terms["seediness"]
+    )
+    terms["total"] = terms["embedding"] + lo.w_semseg * terms["semseg"] + lo.w_foreground * terms["foreground"]
+    return terms["total"], terms
+
+
+def freeze_like_config(model: STEmSegReference, m) -> STEmSegReference:
+    """``requires_grad = False`` on what ``stemseg_jax.model.trainable_mask`` freezes (stem and the first
+    ``freeze_at − 1`` stages, or the whole ResNet-FPN with ``freeze_backbone``)."""
+    body = model.backbone.body
+    frozen = [model.backbone] if m.freeze_backbone else []
+    if m.freeze_at >= 1:
+        frozen.append(body.stem)
+    frozen += [getattr(body, f"layer{k}") for k in range(1, m.freeze_at)]
+    for module in frozen:
+        for p in module.parameters():
+            p.requires_grad_(False)
+    return model
