@@ -5,6 +5,7 @@ import csv
 import os
 import re
 
+import flax.linen
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -313,3 +314,27 @@ def test_unpadded_input_is_rejected(tiny_kitti):
     _, model, variables, _ = tiny_kitti
     with pytest.raises(ValueError, match="multiples of 32"):
         model.apply(variables, jnp.zeros((1, 8, 60, 96, 3), jnp.uint8))
+
+
+@pytest.mark.parametrize("shape, groups", [((2, 3, 5, 4, 16), 4), ((1, 2, 6, 7, 64), 32), ((3, 9, 8), 8)])
+def test_group_norm_matches_flax_values_and_gradients(shape, groups):
+    """layers.GroupNorm (closed-form backward) against flax.linen.GroupNorm differentiated by JAX, float32."""
+    kx, ks, kb, kg = jax.random.split(jax.random.PRNGKey(7), 4)
+    x = 2.0 + 1.5 * jax.random.normal(kx, shape)  # an offset mean, as after a convolution with bias
+    c = shape[-1]
+    variables = {"params": {"scale": jax.random.uniform(ks, (c,), minval=0.5, maxval=1.5),
+                            "bias": 0.2 * jax.random.normal(kb, (c,))}}
+    cot = jax.random.normal(kg, shape)
+
+    def run(module):
+        f = lambda v, x: jnp.vdot(module.apply(v, x), cot)  # noqa: E731
+        return module.apply(variables, x), jax.grad(f, argnums=(0, 1))(variables, x)
+
+    ours, ref = run(layers.GroupNorm(groups, 1e-5)), run(flax.linen.GroupNorm(groups, epsilon=1e-5))
+    for a, b in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(ref)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=2e-5 * float(jnp.max(jnp.abs(b))))
+    y16 = layers.GroupNorm(groups, 1e-5, dtype=jnp.bfloat16).apply(variables, x)
+    assert y16.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(y16, np.float32), np.asarray(ours[0]), rtol=2e-2, atol=2e-2)
+    with pytest.raises(ValueError, match="groups do not divide"):
+        layers.GroupNorm(5).init(jax.random.PRNGKey(0), x)

@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from stemseg_jax.model.layers import Conv3x3x3, avg_pool_t2, conv1x1x1, upsample
+from stemseg_jax.model.layers import Conv3x3x3, GroupNorm, avg_pool_t2, conv1x1x1, upsample
 from stemseg_jax.model.remat import remat
 
 # Clip length -> (which of the three pool slots pool, temporal upsampling factors) — spec §2.2.
@@ -66,7 +66,7 @@ class SqueezeExpandDecoder(nn.Module):
                         features, impl=self.conv_impl, dtype=self.dtype, conv2d_impl=self.conv2d_impl,
                         sequential_taps=self.remat, name=conv_name,
                     )(x)
-                    x = nn.relu(nn.GroupNorm(self.gn_groups, epsilon=1e-5, dtype=self.dtype, name=gn_name)(x))
+                    x = nn.relu(GroupNorm(self.gn_groups, epsilon=1e-5, dtype=self.dtype, name=gn_name)(x))
                     return avg_pool_t2(x) if pool else x
 
                 x = step(conv_gn_relu, (conv_name, gn_name), x)

@@ -341,3 +341,71 @@ def upsample(x: jax.Array, factors: tuple[int, ...], first_axis: int = 1) -> jax
 def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
     """PyTorch ``MaxPool2d(3, stride=2, padding=1)`` on ``[N, H, W, C]`` (padding with -inf)."""
     return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+
+
+def _group_stats(x: jax.Array, groups: int, eps: float):
+    """``x [N, ..., C]`` -> (float32 mean, rstd), each ``[N, 1.., G, 1]`` over the spatial axes and the group."""
+    n, c = x.shape[0], x.shape[-1]
+    xg = x.reshape(n, -1, groups, c // groups).astype(jnp.float32)
+    mean = jnp.mean(xg, axis=(1, 3), keepdims=True)
+    mean2 = jnp.mean(jnp.square(xg), axis=(1, 3), keepdims=True)
+    var = jnp.maximum(0.0, mean2 - jnp.square(mean))  # flax's fast variance
+    return mean, lax.rsqrt(var + eps)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def group_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, groups: int, eps: float) -> jax.Array:
+    """GroupNorm of ``x [N, ..., C]`` (statistics per clip and group over every other axis), affine per channel.
+
+    The values of ``flax.linen.GroupNorm`` (float32 statistics, fast variance); the backward pass is the
+    closed form — one reduction pass for the two group sums and the affine gradients, one elementwise pass
+    for the input gradient — where XLA's derivative of the forward made several passes over the map
+    (134 ms against PyTorch's 38 for GroupNorm + ReLU on 8x64x112x128, forward + backward).
+    """
+    return _group_norm_fwd(x, scale, bias, groups, eps)[0]
+
+
+def _group_norm_fwd(x, scale, bias, groups, eps):
+    n, c = x.shape[0], x.shape[-1]
+    mean, rstd = _group_stats(x, groups, eps)
+    xg = x.reshape(n, -1, groups, c // groups).astype(jnp.float32)
+    y = (xg - mean) * (rstd * scale.reshape(groups, c // groups).astype(jnp.float32)) + bias.reshape(
+        groups, c // groups
+    ).astype(jnp.float32)
+    return y.reshape(x.shape).astype(x.dtype), (x, scale, mean, rstd)
+
+
+def _group_norm_bwd(groups, eps, residuals, dy):
+    x, scale, mean, rstd = residuals
+    n, c = x.shape[0], x.shape[-1]
+    shape = (n, -1, groups, c // groups)
+    xhat = (x.reshape(shape).astype(jnp.float32) - mean) * rstd
+    dyg = dy.reshape(shape).astype(jnp.float32)
+    d_scale = jnp.sum(dyg * xhat, axis=(0, 1)).reshape(c)
+    d_bias = jnp.sum(dyg, axis=(0, 1)).reshape(c)
+    g = dyg * scale.reshape(groups, c // groups).astype(jnp.float32)
+    mean_g = jnp.mean(g, axis=(1, 3), keepdims=True)
+    mean_gx = jnp.mean(g * xhat, axis=(1, 3), keepdims=True)
+    dx = rstd * (g - mean_g - xhat * mean_gx)
+    return dx.reshape(x.shape).astype(x.dtype), d_scale.astype(scale.dtype), d_bias.astype(scale.dtype)
+
+
+group_norm.defvjp(_group_norm_fwd, _group_norm_bwd)
+
+
+class GroupNorm(nn.Module):
+    """``flax.linen.GroupNorm`` (same parameters ``scale``/``bias`` and values) with ``group_norm``'s
+    closed-form backward pass. ``[N, ..., C]`` -> same shape, in ``dtype``."""
+
+    num_groups: int = 32
+    epsilon: float = 1e-5
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        c = x.shape[-1]
+        if c % self.num_groups:
+            raise ValueError(f"GroupNorm: {self.num_groups} groups do not divide {c} channels")
+        scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+        return group_norm(x.astype(self.dtype), scale, bias, self.num_groups, float(self.epsilon))
