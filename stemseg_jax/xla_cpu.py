@@ -12,6 +12,7 @@ choice wins). The flag concerns XLA:CPU only; GPU and TPU programs are unaffecte
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import os
 import sys
@@ -31,6 +32,7 @@ def _flag_value(flags: str) -> str | None:
     return value
 
 
+@functools.cache  # asked at every traced convolution gradient while the flag is absent
 def _jaxlib_version() -> tuple[int, ...]:
     try:
         return tuple(int(p) for p in importlib.metadata.version("jaxlib").split(".")[:2])

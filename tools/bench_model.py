@@ -34,6 +34,8 @@ from stemseg_jax.smoke import generated_batch  # noqa: E402
 
 
 def _time(fn, repeats: int) -> float:
+    """Best wall time of ``fn()`` over ``repeats`` calls after one warm-up (JAX results waited for; PyTorch's
+    CPU calls return when done)."""
     jax.block_until_ready(fn())
     best = float("inf")
     for _ in range(repeats):
@@ -88,25 +90,10 @@ def _import_torch_reference():
 
 
 def _rel_err(ours, theirs) -> float:
-    ours, theirs = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
-    return float(np.linalg.norm(ours - theirs) / max(np.linalg.norm(theirs), 1e-30))
-
-
-def _tree_rel_err(ours: dict, theirs: dict) -> float:
-    """Relative L2 error of two pytrees of equal structure, as one vector."""
+    """Relative L2 error of two arrays, or of two pytrees of equal structure taken as one vector."""
     a = np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(ours)]).astype(np.float64)
     b = np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(theirs)]).astype(np.float64)
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
-
-
-def _torch_time(torch, fn, repeats: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def against_torch(args) -> list[tuple]:
@@ -143,7 +130,7 @@ def against_torch(args) -> list[tuple]:
         with torch.no_grad():
             ref(images_t)
 
-    rows = [("forward", _torch_time(torch, torch_forward, args.repeats),
+    rows = [("forward", _time(torch_forward, args.repeats),
              _time(lambda: fwd(variables, batch["images"]), args.repeats), _flops(fwd))]
     if not args.no_train_step:
         constants = {k: v for k, v in variables.items() if k != "params"}
@@ -169,8 +156,8 @@ def against_torch(args) -> list[tuple]:
             if p.grad is not None:
                 torch_grads[name] = p.grad.numpy().copy()
         torch_grads = convert_state_dict(torch_grads, expected_variables(config), source="the PyTorch gradients")
-        checks["gradients"] = _tree_rel_err(grads, torch_grads["params"])
-        rows.append(("train step", _torch_time(torch, torch_step, args.repeats),
+        checks["gradients"] = _rel_err(grads, torch_grads["params"])
+        rows.append(("train step", _time(torch_step, args.repeats),
                      _time(lambda: step(variables["params"], constants, batch), args.repeats), _flops(step)))
     mm = max(mm_before, matmul_gflops())
 

@@ -343,16 +343,6 @@ def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
     return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 
 
-def _group_stats(x: jax.Array, groups: int, eps: float):
-    """``x [N, ..., C]`` -> (float32 mean, rstd), each ``[N, 1.., G, 1]`` over the spatial axes and the group."""
-    n, c = x.shape[0], x.shape[-1]
-    xg = x.reshape(n, -1, groups, c // groups).astype(jnp.float32)
-    mean = jnp.mean(xg, axis=(1, 3), keepdims=True)
-    mean2 = jnp.mean(jnp.square(xg), axis=(1, 3), keepdims=True)
-    var = jnp.maximum(0.0, mean2 - jnp.square(mean))  # flax's fast variance
-    return mean, lax.rsqrt(var + eps)
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
 def group_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, groups: int, eps: float) -> jax.Array:
     """GroupNorm of ``x [N, ..., C]`` (statistics per clip and group over every other axis), affine per channel.
@@ -367,8 +357,10 @@ def group_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, groups: int, eps
 
 def _group_norm_fwd(x, scale, bias, groups, eps):
     n, c = x.shape[0], x.shape[-1]
-    mean, rstd = _group_stats(x, groups, eps)
     xg = x.reshape(n, -1, groups, c // groups).astype(jnp.float32)
+    mean = jnp.mean(xg, axis=(1, 3), keepdims=True)  # [N, 1, G, 1]
+    mean2 = jnp.mean(jnp.square(xg), axis=(1, 3), keepdims=True)
+    rstd = lax.rsqrt(jnp.maximum(0.0, mean2 - jnp.square(mean)) + eps)  # flax's fast variance
     y = (xg - mean) * (rstd * scale.reshape(groups, c // groups).astype(jnp.float32)) + bias.reshape(
         groups, c // groups
     ).astype(jnp.float32)
