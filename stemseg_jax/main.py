@@ -213,4 +213,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    from stemseg_jax.allocator import reexec_with_tcmalloc
+
+    reexec_with_tcmalloc()  # before JAX starts: see stemseg_jax/allocator.py
     app.run(main, flags_parser=parse_flags)

@@ -194,6 +194,42 @@ def test_upsample_matches_pytorch_definition():
     np.testing.assert_allclose(np.asarray(upsample(jnp.asarray(x, jnp.float32), (1, 2, 2))), ref_s, atol=1e-5)
 
 
+def _np_upsample2x_matrix(n: int) -> np.ndarray:
+    """``[2n, n]``: the half-pixel linear 2x interpolation as a matrix (float64), rows = outputs."""
+    return np.stack([_np_upsample2x(col, 0) for col in np.eye(n)], axis=1)
+
+
+@pytest.mark.parametrize("n, axis", [(1, 1), (2, 2), (5, 1), (5, 3), (4, 0)])
+def test_upsample_gradient_is_the_interpolation_transpose(n, axis):
+    rng = np.random.default_rng(n + axis)
+    shape = [2, 3, 4, 3]
+    shape[axis] = n
+    x = rng.normal(size=shape)
+    out_shape = list(shape)
+    out_shape[axis] = 2 * n
+    g = rng.normal(size=out_shape)
+    ref = np.moveaxis(np.tensordot(_np_upsample2x_matrix(n).T, np.moveaxis(g, axis, 0), axes=1), 0, axis)
+    _, vjp = jax.vjp(lambda v: layers.upsample2x_linear(v, axis), jnp.asarray(x, jnp.float32))
+    np.testing.assert_allclose(np.asarray(vjp(jnp.asarray(g, jnp.float32))[0]), ref, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("factors", [(2, 2, 2), (1, 2, 2)])
+def test_upsample_concat_conv_is_the_conv_of_the_concatenation(factors):
+    rng = np.random.default_rng(sum(factors))
+    coarse = rng.normal(size=(2, 4 // factors[0], 3, 5, 6))
+    fine = rng.normal(size=(2, 4, 6, 10, 3))
+    module = layers.UpsampleConcatConv(4, factors)
+    variables = module.init(jax.random.PRNGKey(0), jnp.asarray(coarse, jnp.float32), jnp.asarray(fine, jnp.float32))
+    kernel = np.asarray(variables["params"]["kernel"], np.float64)
+    assert kernel.shape == (1, 1, 1, 9, 4)  # conv1x1x1's layout: checkpoints and the converter are unchanged
+    up = coarse
+    for axis, f in zip((1, 2, 3), factors):
+        up = _np_upsample2x(up, axis) if f == 2 else up
+    ref = np.concatenate([up, fine], axis=-1) @ kernel[0, 0, 0]
+    out = module.apply(variables, jnp.asarray(coarse, jnp.float32), jnp.asarray(fine, jnp.float32))
+    np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-5, atol=1e-5)
+
+
 def test_upsample_matches_torch_interpolate():
     torch = pytest.importorskip("torch")
     x = np.random.default_rng(1).normal(size=(2, 3, 4, 5, 6)).astype(np.float32)  # [N, T, H, W, C]

@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from stemseg_jax.model.layers import Conv3x3x3, GroupNorm, avg_pool_t2, conv1x1x1, upsample
+from stemseg_jax.model.layers import Conv3x3x3, GroupNorm, UpsampleConcatConv, avg_pool_t2
 from stemseg_jax.model.remat import remat
 
 # Clip length -> (which of the three pool slots pool, temporal upsampling factors) — spec §2.2.
@@ -74,8 +74,7 @@ class SqueezeExpandDecoder(nn.Module):
 
         def fuse(coarse: jax.Array, fine: jax.Array, tau: int, features: int, name: str) -> jax.Array:
             def up_concat_conv(_, coarse, fine):
-                x = jnp.concatenate([upsample(coarse, (tau, 2, 2)), fine], axis=-1)
-                return conv1x1x1(features, False, self.dtype, name, self.conv2d_impl)(x)
+                return UpsampleConcatConv(features, (tau, 2, 2), self.dtype, name=name)(coarse, fine)
 
             return step(up_concat_conv, (name,), coarse, fine)
 

@@ -79,7 +79,7 @@ def _conv2d_stride1_fwd(lhs, rhs, padding, sequential_taps=False):
     return _conv2d_forward(lhs, rhs, padding), (lhs, rhs)
 
 
-def _after(dependency: jax.Array, index: int) -> jax.Array:
+def after(dependency: jax.Array, index: int) -> jax.Array:
     """The int32 ``index``, as a value XLA can compute only once ``dependency`` exists (see ``materialize``)."""
     predicate = dependency.reshape(-1)[0] > 0
     return lax.cond(predicate, lambda v: v, lambda v: lax.optimization_barrier(v), jnp.int32(index))
@@ -118,7 +118,7 @@ def _conv2d_stride1_bwd(padding, sequential_taps, residuals, grad):
     for i in range(kh):
         for j in range(kw):
             if sequential_taps and taps:
-                start = (0, _after(taps[-1], i), j, 0)
+                start = (0, after(taps[-1], i), j, 0)
                 window = lax.dynamic_slice(padded, start, (padded.shape[0], out_h, out_w, c_in))
             else:
                 window = padded[:, i : i + out_h, j : j + out_w]
@@ -285,6 +285,8 @@ class Conv3x3x3(nn.Module):
                 + z[:, :, ..., 1, :]
                 + jnp.concatenate([z[:, 1:, ..., 2, :], zero], axis=1)
             )
+            if self.conv2d_impl == "cpu":
+                y = materialize(y)
         else:
             raise ValueError(f"unknown conv3d_impl {self.impl!r}; expected 'direct' or 'shifted2d'")
         if self.use_bias:
@@ -301,6 +303,33 @@ def conv1x1x1(features: int, use_bias: bool, dtype: Dtype, name: str, conv2d_imp
     )
 
 
+class UpsampleConcatConv(nn.Module):
+    """``conv1x1x1(concat([upsample(coarse, factors), fine]))`` without bias: the decoder's fusion step.
+
+    The kernel is the one ``conv1x1x1`` stores (``[1, 1, 1, C_coarse + C_fine, features]``, same name and
+    init), but the product is split at the concatenation and the coarse half is applied *before* the
+    upsampling, which is linear and per channel, so it commutes with the channel mixing:
+    ``upsample(coarse @ K_c) + fine @ K_f``. That multiplies the coarse half at the coarse resolution
+    (1/4 or 1/8 of the pixels) and never builds the concatenated map or its gradient (the largest
+    buffers of the 16-frame backward, 858 MiB each at full DAVIS resolution). Same function; the sums
+    are only ordered differently.
+    """
+
+    features: int
+    factors: tuple[int, int, int]
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, coarse: jax.Array, fine: jax.Array) -> jax.Array:
+        """``coarse``: ``[N, T/ft, H/fh, W/fw, C_c]``, ``fine``: ``[N, T, H, W, C_f]`` -> ``[N, T, H, W, features]``."""
+        c_coarse, c_in = coarse.shape[-1], coarse.shape[-1] + fine.shape[-1]
+        kernel = self.param("kernel", torch_default_kernel_init(), (1, 1, 1, c_in, self.features), jnp.float32)
+        kernel = kernel.reshape(c_in, self.features).astype(self.dtype)
+        contract = (((coarse.ndim - 1,), (0,)), ((), ()))
+        mixed = lax.dot_general(coarse.astype(self.dtype), kernel[:c_coarse], contract)
+        return upsample(mixed, self.factors) + lax.dot_general(fine.astype(self.dtype), kernel[c_coarse:], contract)
+
+
 def avg_pool_t2(x: jax.Array) -> jax.Array:
     """PyTorch ``AvgPool3d(3, stride=(2, 1, 1), padding=1)``, count_include_pad=True (spec §2.2).
 
@@ -310,6 +339,7 @@ def avg_pool_t2(x: jax.Array) -> jax.Array:
     return nn.avg_pool(x, (3, 3, 3), strides=(2, 1, 1), padding=((1, 1),) * 3, count_include_pad=True)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
 def upsample2x_linear(x: jax.Array, axis: int) -> jax.Array:
     """Linear 2x upsampling along ``axis`` with half-pixel centres (PyTorch ``align_corners=False``).
 
@@ -317,6 +347,10 @@ def upsample2x_linear(x: jax.Array, axis: int) -> jax.Array:
     clamped at the borders — exactly ``F.interpolate(scale_factor=2, mode="(bi|tri)linear")``. Written
     with slices because ``jax.image.resize`` builds dense interpolation matrices.
     """
+    return _upsample2x_forward(x, axis)
+
+
+def _upsample2x_forward(x: jax.Array, axis: int) -> jax.Array:
     n = x.shape[axis]
     prev = jnp.concatenate([lax.slice_in_dim(x, 0, 1, axis=axis), lax.slice_in_dim(x, 0, n - 1, axis=axis)], axis)
     nxt = jnp.concatenate([lax.slice_in_dim(x, 1, n, axis=axis), lax.slice_in_dim(x, n - 1, n, axis=axis)], axis)
@@ -326,6 +360,35 @@ def upsample2x_linear(x: jax.Array, axis: int) -> jax.Array:
     shape = list(x.shape)
     shape[axis] = 2 * n
     return out.reshape(shape)
+
+
+def _upsample2x_fwd(x, axis):
+    return _upsample2x_forward(x, axis), None
+
+
+def _upsample2x_bwd(axis, _, grad):
+    """The transpose in closed form, one expression: dx[i] = 0.75 (g[2i] + g[2i+1]) + 0.25 (g[2i+2] +
+    g[2i-1]), the clamped borders adding g[0] / g[2n-1] to themselves. Differentiating the slices and
+    concatenations instead leaves XLA:CPU a chain of padded partial sums, each as large as ``dx`` (four
+    of them alive at once in the 16-frame stage-2 backward)."""
+    n = grad.shape[axis] // 2
+    pairs = grad.reshape(grad.shape[:axis] + (n, 2) + grad.shape[axis + 1:])
+    even = lax.index_in_dim(pairs, 0, axis + 1, keepdims=False)
+    odd = lax.index_in_dim(pairs, 1, axis + 1, keepdims=False)
+
+    def pad(v, before, after):
+        widths = [(0, 0, 0)] * v.ndim
+        widths[axis] = (before, after, 0)
+        return lax.pad(v, jnp.zeros((), v.dtype), widths)
+
+    # even[i] also reaches x[i-1] (x[0] at i = 0); odd[i] reaches x[i+1] (x[n-1] at i = n-1).
+    first, last = lax.slice_in_dim(even, 0, 1, axis=axis), lax.slice_in_dim(odd, n - 1, n, axis=axis)
+    from_next_even = pad(lax.slice_in_dim(even, 1, n, axis=axis), 0, 1) + pad(first, 0, n - 1)
+    from_prev_odd = pad(lax.slice_in_dim(odd, 0, n - 1, axis=axis), 1, 0) + pad(last, n - 1, 0)
+    return (0.75 * (even + odd) + 0.25 * (from_next_even + from_prev_odd),)
+
+
+upsample2x_linear.defvjp(_upsample2x_fwd, _upsample2x_bwd)
 
 
 def upsample(x: jax.Array, factors: tuple[int, ...], first_axis: int = 1) -> jax.Array:
