@@ -42,7 +42,38 @@ def _dot_conv1x1(lhs: jax.Array, rhs: jax.Array, strides) -> jax.Array:
     """A 1x1(x1) convolution as one matrix product: ``[N, *S, C_in] x [1.., C_in, C_out]``."""
     if any(s != 1 for s in strides):
         lhs = lhs[(slice(None),) + tuple(slice(None, None, s) for s in strides)]
-    return lax.dot_general(lhs, rhs.reshape(rhs.shape[-2:]), (((lhs.ndim - 1,), (0,)), ((), ())))
+    return _pointwise(lhs, rhs.reshape(rhs.shape[-2:])).astype(jnp.result_type(lhs, rhs))
+
+
+def _channel_product(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    return lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
+
+
+@jax.custom_vjp
+def _pointwise(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """``x @ kernel`` over the channel axis: ``[..., C_in] x [C_in, C_out] -> [..., C_out]``."""
+    return _channel_product(x, kernel)
+
+
+def _pointwise_fwd(x, kernel):
+    return _channel_product(x, kernel), (x, kernel)
+
+
+def _pointwise_bwd(residuals, grad):
+    """The kernel gradient contracts every pixel, so XLA:CPU copies ``grad`` into a transposed layout
+    first; left to itself it fuses the incoming gradient's elementwise producers (ReLU mask, frozen-BN
+    scale, residual sum) into that transposing copy, which then reads five or more maps in transposed
+    order: 26-94 ms per ResNet-101 bottleneck at 8x256x448 against ~10 for the plain copy (per-op trace).
+    ``materialize`` computes the gradient once, in its own layout, and the copy only moves it; the same
+    for ``x``, whose producer (frozen BN + ReLU) would otherwise be recomputed in transposed order."""
+    x, kernel = residuals
+    x, grad = materialize(x), materialize(grad)
+    pixels = tuple(range(x.ndim - 1))
+    d_kernel = lax.dot_general(x, grad, ((pixels, pixels), ((), ())))
+    return _channel_product(grad, kernel.T), d_kernel
+
+
+_pointwise.defvjp(_pointwise_fwd, _pointwise_bwd)
 
 
 def _row_tiled_conv2d(lhs: jax.Array, rhs: jax.Array, padding, rows: int) -> jax.Array:
@@ -102,6 +133,8 @@ def _conv2d_stride1_bwd(padding, sequential_taps, residuals, grad):
     selects) its kernel gradient is faster than the per-tap products (287 against 108 GFLOP/s on the
     8x64x112, 256 -> 384 map) and needs no window copies, so it is used at every size."""
     lhs, rhs = residuals
+    # Not recomputed inside the kernel gradient's transposing copies (see ``_pointwise_bwd``).
+    lhs, grad = materialize(lhs), materialize(grad)
     kh, kw, c_in, c_out = rhs.shape
     (top, bottom), (left, right) = padding
     flipped = jnp.flip(rhs, (0, 1)).transpose(0, 1, 3, 2)
@@ -186,6 +219,42 @@ def cpu_conv_general_dilated(
     )
 
 
+def pixel_sums(x: jax.Array, per_clip: bool = False) -> jax.Array:
+    """Sums of ``x [N, ..., C]`` over every axis but the channels (``per_clip``: but the first and the
+    channels too) -> ``[C]`` (``[N, C]``).
+
+    On the CPU backend a product with a vector of ones: XLA:CPU rewrites large reductions into a
+    two-level reduce-window (for accuracy) that ran at ~0.5 GB/s, 30-60 ms for one 8x64x112x128 bias
+    or GroupNorm gradient at 8x256x448 (per-op trace), where the matrix-vector product streams the map
+    once. Elsewhere ``jnp.sum``."""
+    n, c = x.shape[0], x.shape[-1]
+    if jax.default_backend() != "cpu":
+        return jnp.sum(x, axis=tuple(range(1 if per_clip else 0, x.ndim - 1)))
+    if per_clip:
+        rows = x.reshape(n, -1, c)
+        ones = jnp.ones((n, rows.shape[1]), x.dtype)
+        return lax.dot_general(ones, rows, (((1,), (1,)), ((0,), (0,))))
+    rows = x.reshape(-1, c)
+    return lax.dot_general(jnp.ones((rows.shape[0],), x.dtype), rows, (((0,), (0,)), ((), ())))
+
+
+@jax.custom_vjp
+def add_bias(x: jax.Array, bias: jax.Array) -> jax.Array:
+    """``x [..., C] + bias [C]``, whose bias gradient is ``pixel_sums`` of the incoming gradient."""
+    return x + bias
+
+
+def _add_bias_fwd(x, bias):
+    return x + bias, None
+
+
+def _add_bias_bwd(_, grad):
+    return grad, pixel_sums(grad)
+
+
+add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
+
+
 def materialize(x: jax.Array) -> jax.Array:
     """The identity, written so that XLA:CPU keeps ``x`` as one buffer instead of recomputing it.
 
@@ -243,6 +312,34 @@ class FrozenBatchNorm(nn.Module):
         return x * scale.astype(x.dtype) + shift.astype(x.dtype)
 
 
+def _shift_time(x: jax.Array, offset: int) -> jax.Array:
+    """``out[:, t] = x[:, t - offset]``, zero where ``t - offset`` is outside the clip (``offset`` is +-1)."""
+    zero = jnp.zeros_like(x[:, :1])
+    return jnp.concatenate([zero, x[:, :-1]], axis=1) if offset > 0 else jnp.concatenate([x[:, 1:], zero], axis=1)
+
+
+@jax.custom_vjp
+def shifted_sum(z: jax.Array) -> jax.Array:
+    """``z [N, T, H, W, 3, F]`` (a frame's 2D convolution with the three temporal kernel slices) ->
+    ``y[t] = z[t-1, 0] + z[t, 1] + z[t+1, 2]`` ``[N, T, H, W, F]``, zero outside the clip: the 3D
+    convolution's temporal sum."""
+    return _shift_time(z[..., 0, :], 1) + z[..., 1, :] + _shift_time(z[..., 2, :], -1)
+
+
+def _shifted_sum_fwd(z):
+    return shifted_sum(z), None
+
+
+def _shifted_sum_bwd(_, grad):
+    """``dz`` in one pass: differentiated term by term, each term's transpose was a zero-padded map as
+    large as ``z`` and XLA:CPU kept the three of them and their sum alive together (4 x 1.26 GiB in the
+    16-frame stage-2 backward)."""
+    return (jnp.stack([_shift_time(grad, -1), grad, _shift_time(grad, 1)], axis=-2),)
+
+
+shifted_sum.defvjp(_shifted_sum_fwd, _shifted_sum_bwd)
+
+
 class Conv3x3x3(nn.Module):
     """3D convolution, kernel 3x3x3, stride 1, padding 1 (PyTorch ``Conv3d`` defaults incl. its init).
 
@@ -278,20 +375,14 @@ class Conv3x3x3(nn.Module):
             conv2d = conv_function(self.conv2d_impl, self.sequential_taps) or lax.conv_general_dilated
             dims = lax.conv_dimension_numbers((1, 1, 1, 1), (1, 1, 1, 1), ("NHWC", "HWIO", "NHWC"))
             z = conv2d(x.reshape(n * t, h, w, c_in), k2d, (1, 1), ((1, 1), (1, 1)), dimension_numbers=dims)
-            z = z.reshape(n, t, h, w, 3, self.features)
-            zero = jnp.zeros_like(z[:, :1, ..., 0, :])
-            y = (
-                jnp.concatenate([zero, z[:, :-1, ..., 0, :]], axis=1)
-                + z[:, :, ..., 1, :]
-                + jnp.concatenate([z[:, 1:, ..., 2, :], zero], axis=1)
-            )
+            y = shifted_sum(z.reshape(n, t, h, w, 3, self.features))
             if self.conv2d_impl == "cpu":
                 y = materialize(y)
         else:
             raise ValueError(f"unknown conv3d_impl {self.impl!r}; expected 'direct' or 'shifted2d'")
         if self.use_bias:
             bias = self.param("bias", torch_default_bias_init(27 * c_in), (self.features,), jnp.float32)
-            y = y + bias.astype(self.dtype)
+            y = add_bias(y, bias.astype(self.dtype))
         return y
 
 
@@ -385,7 +476,8 @@ def _upsample2x_bwd(axis, _, grad):
     first, last = lax.slice_in_dim(even, 0, 1, axis=axis), lax.slice_in_dim(odd, n - 1, n, axis=axis)
     from_next_even = pad(lax.slice_in_dim(even, 1, n, axis=axis), 0, 1) + pad(first, 0, n - 1)
     from_prev_odd = pad(lax.slice_in_dim(odd, 0, n - 1, axis=axis), 1, 0) + pad(last, n - 1, 0)
-    return (0.75 * (even + odd) + 0.25 * (from_next_even + from_prev_odd),)
+    grad_x = 0.75 * (even + odd) + 0.25 * (from_next_even + from_prev_odd)
+    return (materialize(grad_x) if jax.default_backend() == "cpu" else grad_x,)
 
 
 upsample2x_linear.defvjp(_upsample2x_fwd, _upsample2x_bwd)
@@ -431,17 +523,23 @@ def _group_norm_fwd(x, scale, bias, groups, eps):
 
 
 def _group_norm_bwd(groups, eps, residuals, dy):
+    # Every reduction of the closed form comes from two per-clip channel sums (``pixel_sums``):
+    # sum(dy) and sum(dy * xhat); the group means and the affine gradients are small sums of those.
     x, scale, mean, rstd = residuals
     n, c = x.shape[0], x.shape[-1]
     shape = (n, -1, groups, c // groups)
     xhat = (x.reshape(shape).astype(jnp.float32) - mean) * rstd
     dyg = dy.reshape(shape).astype(jnp.float32)
-    d_scale = jnp.sum(dyg * xhat, axis=(0, 1)).reshape(c)
-    d_bias = jnp.sum(dyg, axis=(0, 1)).reshape(c)
-    g = dyg * scale.reshape(groups, c // groups).astype(jnp.float32)
-    mean_g = jnp.mean(g, axis=(1, 3), keepdims=True)
-    mean_gx = jnp.mean(g * xhat, axis=(1, 3), keepdims=True)
-    dx = rstd * (g - mean_g - xhat * mean_gx)
+    sum_dy = pixel_sums(dyg.reshape(n, -1, c), per_clip=True)  # [N, C]
+    sum_dy_xhat = pixel_sums((dyg * xhat).reshape(n, -1, c), per_clip=True)
+    scale32 = scale.astype(jnp.float32)
+    count = dyg.shape[1] * (c // groups)
+    group_mean = lambda per_channel: jnp.sum(  # noqa: E731  [N, C] -> [N, 1, G, 1]
+        (per_channel * scale32).reshape(n, groups, c // groups), axis=-1
+    ).reshape(n, 1, groups, 1) / count
+    g = dyg * scale32.reshape(groups, c // groups)
+    dx = rstd * (g - group_mean(sum_dy) - xhat * group_mean(sum_dy_xhat))
+    d_scale, d_bias = jnp.sum(sum_dy_xhat, axis=0), jnp.sum(sum_dy, axis=0)
     return dx.reshape(x.shape).astype(x.dtype), d_scale.astype(scale.dtype), d_bias.astype(scale.dtype)
 
 
