@@ -56,8 +56,8 @@ def base_config() -> ml_collections.ConfigDict:
     m.gn_groups = 32
     # "shifted2d" computes each 3x3x3 conv as three time-shifted 2D convs (faster on XLA:CPU).
     m.conv3d_impl = "shifted2d"
-    # "cpu": 1x1 convs as matmuls, large maps in row strips, per-tap kernel gradients, materialised residual
-    # stream (XLA:CPU: forward 1.16x, train step 2.7x on the full model); "xla": plain lax convolutions;
+    # "cpu": 1x1 convs as matmuls, materialised residual stream and gradients, fusion boundaries XLA:CPU
+    # needs (docs/BENCHMARKS.md, "Training against PyTorch"); "xla": plain lax convolutions;
     # "auto": "cpu" on a CPU backend.
     m.conv2d_impl = "auto"
     m.dtype = "float32"  # activation dtype: float32 or bfloat16

@@ -5,9 +5,11 @@ Tiny config, one 8-frame 128x224 clip, float32, on the test machine's backend (X
 ``jax.checkpoint``'s barrier is expanded early and the old ``nn.remat`` blocks *raised* the peak: see
 ``stemseg_jax/model/remat.py``). Both training set-ups of the README: stage 2 (backbone + FPN frozen,
 only the decoders rematerialised) and everything trained (the backbone blocks of trained stages too).
-Measured on XLA:CPU: stage 2 0.88 of the plain peak, all trained 0.71 (with ``nn.remat``: 1.05, 1.02).
-Stage 2 saves little at this size: with the backbone frozen only the decoders' activations can be
-dropped, and since the shifted-sum and fusion rewrites of ``layers`` the plain peak keeps few of them.
+Measured on XLA:CPU: stage 2 0.95 of the plain peak, all trained 0.66 (with ``nn.remat``: 1.05, 1.02).
+Stage 2 saves little: with the backbone frozen only the decoders' activations can be dropped, and since
+the shifted-sum, fusion and untiled-convolution rewrites of ``layers`` the plain peak is the first
+decoder block's backward (its input, the 3x wide shifted-sum gradient), which remat needs as well; the
+stage-2 bound checks that remat lowers the peak at all (the gated ``remat.py`` against ``nn.remat``).
 """
 
 import jax
@@ -18,9 +20,9 @@ from stemseg_jax.losses.objective import make_loss_fn
 from stemseg_jax.model import build_model
 from tests.helpers import load_config
 
-# Issue 23 asks 60 % at full size (docs/BENCHMARKS.md: all trained 58 %, stage 2 85 %); tiny maps leave less
-# to save (measured above). The old ``nn.remat`` blocks fail both bounds.
-MAX_RATIO = {"stage2,tiny": 0.92, "tiny": 0.78}
+# Issue 23 asks 60 % at full size (docs/BENCHMARKS.md has the full-size rows); the bounds are the tiny
+# measurements above plus a margin. The old ``nn.remat`` blocks fail both.
+MAX_RATIO = {"stage2,tiny": 0.97, "tiny": 0.72}
 
 
 def _peak_bytes(config, height: int = 128, width: int = 224) -> int:

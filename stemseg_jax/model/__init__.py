@@ -43,9 +43,10 @@ def build_model(config: ml_collections.ConfigDict, *, calibrate_bn: bool = False
 
 
 def resolve_conv2d_impl(impl: str) -> str:
-    """``model.conv2d_impl``: ``"cpu"`` (1x1 convs as matrix products, large maps in row strips; see
-    ``layers.cpu_conv_general_dilated``), ``"xla"`` (plain ``lax`` convolutions) or ``"auto"``: ``"cpu"``
-    when JAX's default backend is the CPU, else ``"xla"`` (GPU and TPU compilers pick their own kernels)."""
+    """``model.conv2d_impl``: ``"cpu"`` (1x1 convs as matrix products, the residual stream and the kernel
+    gradients' operands materialised; see ``layers.cpu_conv_general_dilated``), ``"xla"`` (plain ``lax``
+    convolutions) or ``"auto"``: ``"cpu"`` when JAX's default backend is the CPU, else ``"xla"`` (GPU and
+    TPU compilers pick their own kernels)."""
     if impl == "auto":
         return "cpu" if jax.default_backend() == "cpu" else "xla"
     if impl not in ("cpu", "xla"):

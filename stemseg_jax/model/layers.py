@@ -29,11 +29,6 @@ def torch_default_bias_init(fan_in: int) -> Callable:
     return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
-# Row strips of a tiled convolution hold about this many input bytes: XLA:CPU's convolution kernels lose
-# 20-30 % of their rate on maps of several MiB per image (measured on 64x112x256 FPN/decoder maps) and
-# recover it on cache-sized strips.
-_TILE_BYTES = 1 << 20
-_TILE_MIN_IMAGE_BYTES = 4 << 20
 # Below this many input or output channels XLA:CPU's own kernel gradient is as fast as per-tap products.
 _TAPS_MIN_CHANNELS = 64
 
@@ -76,28 +71,11 @@ def _pointwise_bwd(residuals, grad):
 _pointwise.defvjp(_pointwise_fwd, _pointwise_bwd)
 
 
-def _row_tiled_conv2d(lhs: jax.Array, rhs: jax.Array, padding, rows: int) -> jax.Array:
-    """A stride-1 NHWC convolution computed on overlapping strips of ``rows`` output rows."""
-    kh = rhs.shape[0]
-    (top, bottom), cols = padding
-    x = jnp.pad(lhs, ((0, 0), (top, bottom), (0, 0), (0, 0)))
-    out_rows = x.shape[1] - kh + 1
-    strips = [
-        lax.conv_general_dilated(
-            x[:, r : min(r + rows, out_rows) + kh - 1], rhs, (1, 1), ((0, 0), cols),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        )
-        for r in range(0, out_rows, rows)
-    ]
-    return jnp.concatenate(strips, axis=1)
-
-
 def _conv2d_forward(lhs: jax.Array, rhs: jax.Array, padding) -> jax.Array:
-    """Stride-1 NHWC/HWIO convolution, in row strips when the map is large."""
-    row_bytes = lhs.shape[2] * lhs.shape[3] * lhs.dtype.itemsize
-    if row_bytes * lhs.shape[1] > _TILE_MIN_IMAGE_BYTES:
-        rows = max(8, 1 << int(np.log2(max(1, _TILE_BYTES // row_bytes))))
-        return _row_tiled_conv2d(lhs, rhs, padding, rows)
+    """Stride-1 NHWC/HWIO convolution. Not tiled into row strips any more: with XLA's Eigen
+    convolutions strips no longer paid (train step 8.58 s untiled against 8.94 tiled, same session), and
+    the strips and their concatenation doubled the widest decoder map (2 x 1.26 GiB, the 16-frame
+    stage-2 peak)."""
     return lax.conv_general_dilated(lhs, rhs, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
@@ -117,7 +95,7 @@ def after(dependency: jax.Array, index: int) -> jax.Array:
 
 
 def _conv2d_stride1_bwd(padding, sequential_taps, residuals, grad):
-    """Input gradient: the transposed convolution (itself tiled). Kernel gradient: one matrix product
+    """Input gradient: the transposed convolution. Kernel gradient: one matrix product
     per tap, contracting over every output pixel. XLA:CPU's own kernel-gradient convolution reaches
     6 GF/s on a 64x112x256 -> 384 map where the per-tap products reach ~50 (measured); with fewer than
     64 channels on either side XLA's is faster (the tap slices' copies dominate: the :tiny train step was
@@ -181,8 +159,6 @@ def cpu_conv_general_dilated(
     them). Rewrites, all exact up to float summation order, chosen by the shapes alone:
       * 1x1 (and 1x1x1) kernels become a matrix product (strided ones slice first): XLA:CPU's generic
         convolution runs them at 20-50 % of its matmul rate on large maps.
-      * stride-1 2D convolutions over maps of more than 4 MiB per image run on row strips of about 1 MiB
-        each (``_row_tiled_conv2d``), in the forward pass and for the input gradient.
       * the kernel gradient of a stride-1 2D convolution with at least ``_TAPS_MIN_CHANNELS`` channels on
         both sides is one matrix product per tap (``_conv2d_stride1_bwd``), one tap after the other with
         ``sequential_taps`` (``conv_function(..., sequential_taps=True)``, under ``model.remat``).

@@ -9,7 +9,6 @@ import jax.numpy as jnp
 from stemseg_jax.config import embedding_dims
 from stemseg_jax.model.backbone import ResNetFPN
 from stemseg_jax.model.heads import DecoderHead, EmbeddingHead
-from stemseg_jax.model.layers import after
 from stemseg_jax.preprocessing import normalize_images
 
 
@@ -94,24 +93,14 @@ class STEmSeg(nn.Module):
         """FPN maps stacked over time (4 x ``[B, T, H/s, W/s, C]``) -> the output dict."""
         embeddings, variance, seediness = self.embedding_head(features)
         if self.seediness_from == "separate":
-            seediness = nn.sigmoid(self.seediness_head(self._after(embeddings, features)))[..., 0]
-        semseg = self.semseg_head(self._after(embeddings, features)) if self.use_semseg_head else None
+            seediness = nn.sigmoid(self.seediness_head(features))[..., 0]
+        semseg = self.semseg_head(features) if self.use_semseg_head else None
         return {
             "embeddings": embeddings,
             "bandwidth_logits": variance,
             "seediness": seediness,
             "semseg_logits": semseg,
         }
-
-    def _after(self, dependency: jax.Array, features: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
-        """``features`` unchanged, as values XLA:CPU can compute only once ``dependency`` exists, under
-        ``remat`` on the CPU path. Its scheduler otherwise interleaves the heads' forward passes, and the
-        two full-resolution decoder blocks' temporaries, alive together, were the 16-frame stage-2 peak.
-        Adding a zero that a conditional computes from ``dependency`` fuses into each map's first reader."""
-        if not (self.remat and self.conv2d_impl == "cpu"):
-            return features
-        zero = after(dependency, 0)
-        return tuple(f + zero.astype(f.dtype) for f in features)
 
     def __call__(self, images: jax.Array) -> dict:
         if images.ndim != 5 or images.shape[-1] != 3:
