@@ -1,6 +1,6 @@
 """Rematerialisation (``model.remat=True``) that lowers peak memory on every backend, XLA:CPU included.
 
-``remat(fn, names, cpu)`` wraps ``fn(mdl, *args) -> outputs``, a piece of a module's ``__call__`` that
+``remat(fn, names)`` wraps ``fn(mdl, *args) -> outputs``, a piece of a module's ``__call__`` that
 creates the child modules ``names`` of ``mdl``. The forward pass runs ``fn`` unchanged and keeps only
 ``args`` (and the children's variables); the backward pass recomputes ``fn`` from them and
 differentiates the recomputation. Parameter paths are those of the plain code (the children stay
