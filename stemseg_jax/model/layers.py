@@ -510,9 +510,11 @@ def _group_norm_bwd(groups, eps, residuals, dy):
     sum_dy_xhat = pixel_sums((dyg * xhat).reshape(n, -1, c), per_clip=True)
     scale32 = scale.astype(jnp.float32)
     count = dyg.shape[1] * (c // groups)
-    group_mean = lambda per_channel: jnp.sum(  # noqa: E731  [N, C] -> [N, 1, G, 1]
-        (per_channel * scale32).reshape(n, groups, c // groups), axis=-1
-    ).reshape(n, 1, groups, 1) / count
+
+    def group_mean(per_channel):  # [N, C] channel sums -> [N, 1, G, 1] group means of (dy * scale) terms
+        per_group = jnp.sum((per_channel * scale32).reshape(n, groups, c // groups), axis=-1)
+        return per_group.reshape(n, 1, groups, 1) / count
+
     g = dyg * scale32.reshape(groups, c // groups)
     dx = rstd * (g - group_mean(sum_dy) - xhat * group_mean(sum_dy_xhat))
     d_scale, d_bias = jnp.sum(sum_dy_xhat, axis=0), jnp.sum(sum_dy, axis=0)
